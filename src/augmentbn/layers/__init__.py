@@ -1,0 +1,29 @@
+"""Normalization layers that regulate batch noise: AugmentBN (NABN) and IEBN."""
+
+from ._base import BatchNormBase
+from .augment import AugmentBatchNorm1d, AugmentBatchNorm2d, AugmentBatchNorm3d, GauBatchNorm2d
+from .factory import (
+    NORM_LAYERS,
+    create_norm_layer,
+    default_num_groups,
+    get_norm_layer,
+    list_norm_layers,
+)
+from .instance_enhance import BAN2d, IEBatchNorm1d, IEBatchNorm2d, IEBatchNorm3d
+
+__all__ = [
+    "NORM_LAYERS",
+    "AugmentBatchNorm1d",
+    "AugmentBatchNorm2d",
+    "AugmentBatchNorm3d",
+    "BAN2d",
+    "BatchNormBase",
+    "GauBatchNorm2d",
+    "IEBatchNorm1d",
+    "IEBatchNorm2d",
+    "IEBatchNorm3d",
+    "create_norm_layer",
+    "default_num_groups",
+    "get_norm_layer",
+    "list_norm_layers",
+]

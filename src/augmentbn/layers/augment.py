@@ -1,0 +1,114 @@
+"""AugmentBN / NABN modules (DESIGN.md 1.1), thin wrappers over ``augment_batch_norm``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..functional import augment_batch_norm, check_noise_args, check_running_stats
+from ._base import BatchNormBase
+
+__all__ = [
+    "AugmentBatchNorm1d",
+    "AugmentBatchNorm2d",
+    "AugmentBatchNorm3d",
+    "GauBatchNorm2d",
+]
+
+
+class _AugmentBatchNorm(BatchNormBase):
+    """Batch normalization with a random per-channel shift of the batch mean in training.
+
+    ``y = γ (x - μ') / sqrt(v' + ε) + β`` with ``μ' = μ + δ``; see
+    :func:`augmentbn.functional.augment_batch_norm`. Evaluation is plain BatchNorm with the
+    running statistics: no noise, ever.
+
+    Args:
+        num_features: ``C`` of an ``(N, C, *S)`` input.
+        eps, momentum, affine, track_running_stats: as ``nn.BatchNorm``
+            (``momentum=None`` is a cumulative average).
+        theta: bound ``θ`` of the mean shift.
+        noise: ``"gaussian_clip"`` (the paper's PyTorch code), ``"gaussian_reject"`` (the Jittor
+            seed) or ``"uniform"`` (the paper's ablation).
+        noise_std: standard deviation ``s`` of the Gaussian before clipping or rejection.
+        running_stats: ``"perturbed"`` (the references' update, with ``μ'`` and ``v'``) or
+            ``"clean"`` (exactly ``nn.BatchNorm``'s).
+        generator: the ``torch.Generator`` the shifts are drawn from (on the input's device);
+            ``None`` uses the global one.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        theta: float = 0.2,
+        noise: str = "gaussian_clip",
+        noise_std: float = 1.0,
+        running_stats: str = "perturbed",
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        check_noise_args(theta, noise, noise_std, type(self).__name__)
+        check_running_stats(running_stats, type(self).__name__)
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype
+        )
+        self.theta = theta
+        self.noise = noise
+        self.noise_std = noise_std
+        self.running_stats = running_stats
+        self.generator = generator
+
+    def forward(self, input: Tensor, mean_shift: Tensor | None = None) -> Tensor:
+        """Normalize ``input``; ``mean_shift`` (shape ``(C,)``), if given, is used as ``δ``."""
+        momentum = self._prepare(input)
+        running_mean, running_var = self._running_stats()
+        return augment_batch_norm(
+            input,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            self.training,
+            momentum,
+            self.eps,
+            theta=self.theta,
+            noise=self.noise,
+            noise_std=self.noise_std,
+            running_stats=self.running_stats,
+            mean_shift=mean_shift,
+            generator=self.generator,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, theta={self.theta}, noise={self.noise!r}, "
+            f"noise_std={self.noise_std}, running_stats={self.running_stats!r}"
+        )
+
+
+class AugmentBatchNorm1d(_AugmentBatchNorm):
+    """NABN over a 2D ``(N, C)`` or 3D ``(N, C, L)`` input; the counterpart of ``BatchNorm1d``."""
+
+    _input_ranks = (2, 3)
+
+
+class AugmentBatchNorm2d(_AugmentBatchNorm):
+    """NABN over a 4D ``(N, C, H, W)`` input; the counterpart of ``BatchNorm2d``."""
+
+    _input_ranks = (4,)
+
+
+class AugmentBatchNorm3d(_AugmentBatchNorm):
+    """NABN over a 5D ``(N, C, D, H, W)`` input; the counterpart of ``BatchNorm3d``."""
+
+    _input_ranks = (5,)
+
+
+GauBatchNorm2d = AugmentBatchNorm2d
+"""The name of the paper's PyTorch code (its default noise, ``gaussian_clip``, is ours too)."""
