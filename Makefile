@@ -20,8 +20,9 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@ $(VENV)/.installed-run
 
+# The main job: BN vs NABN vs IEBN on the offline digits data (3 batch sizes x 3 seeds).
 run: $(VENV)/.installed-run
-	$(BIN)/python -m augmentbn.demo
+	$(BIN)/augmentbn compare --preset digits --out runs/digits
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q

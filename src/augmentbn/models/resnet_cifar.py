@@ -155,7 +155,7 @@ _BLOCKS: dict[str, tuple[Block, int, str]] = {
 }
 
 
-def resnet_cifar(depth: int, block: str = "basic", *, num_classes: int = 10, in_chans: int = 3,
+def resnet_cifar(depth: int = 20, block: str = "basic", *, num_classes: int = 10, in_chans: int = 3,
                  norm_layer: NormLayer | None = None) -> CifarResNet:
     """CIFAR ResNet of any valid depth: ``6n + 2`` with basic blocks, ``9n + 2`` with bottlenecks.
 
@@ -184,6 +184,7 @@ def _register_depth(depth: int, block: str) -> None:
     register_model()(builder)
 
 
+register_model("resnet_cifar")(resnet_cifar)  # any depth: model_kwargs={"depth", "block"}
 for _depth in (20, 32, 44, 56, 110):
     _register_depth(_depth, "basic")
 _register_depth(164, "bottleneck")

@@ -1,0 +1,492 @@
+"""The training engine: one run from a :class:`TrainConfig` to its output folder.
+
+Outputs (in ``config.checkpoint``): ``config.yaml``, ``log.csv``, ``curves.png``, ``metrics.json``,
+``last.pt`` and ``best.pt`` (written atomically), ``split.json`` where the data made a split,
+and TensorBoard events when ``tensorboard`` is installed. ``resume=True`` continues exactly: the
+checkpoint holds the model, optimizer, scheduler, epoch, history and every RNG state (Python,
+NumPy, torch, the data order and the NABN noise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import shutil
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..layers.augment import _AugmentBatchNorm
+from .checkpoint import (
+    CheckpointError,
+    atomic_write,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from .config import ConfigError, TrainConfig
+from .metrics import classification_metrics
+from .report import write_curves, write_json, write_log
+
+__all__ = ["RunError", "Trainer", "evaluate_checkpoint", "train"]
+
+OUTPUT_FILES = ("config.yaml", "log.csv", "curves.png", "metrics.json", "last.pt", "best.pt")
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or go on; the message says why and what to do."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def model_spec(config: TrainConfig) -> tuple[str, dict[str, Any]]:
+    """The registered model name and builder arguments of ``config.arch``."""
+    arch = config.resolved_arch
+    if arch in ("resnet", "resnet_cifar"):
+        return "resnet_cifar", {"depth": config.depth, "block": config.block_name}
+    return arch, {}
+
+
+def build_model(config: TrainConfig, info) -> nn.Module:
+    from ..models import create_model, list_models
+
+    name, model_kwargs = model_spec(config)
+    if name not in list_models():
+        raise ConfigError(
+            f"unknown arch {config.arch!r}; valid: resnet (CIFAR ResNet with --depth and "
+            f"--block-name), <norm>_resnet (e.g. iebn_resnet), or one of {', '.join(list_models())}"
+        )
+    norm = config.resolved_norm
+    placement = config.placement if norm in ("nabn", "iebn") else None
+    try:
+        return create_model(
+            name,
+            norm=norm,
+            num_classes=info.num_classes,
+            in_chans=info.in_chans,
+            placement=placement,
+            model_kwargs=model_kwargs,
+            **config.norm_kwargs(),
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    accuracy: float
+    logits: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+
+
+@dataclass
+class Trainer:
+    """Holds a run's objects; :meth:`fit` trains, :meth:`evaluate` evaluates a split."""
+
+    config: TrainConfig
+    out: Path
+    device: torch.device
+    datasets: dict[str, Any]
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generators: dict[str, torch.Generator]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch: int = 0
+    best: dict[str, Any] = field(default_factory=dict)
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, config: TrainConfig, *, splits: Iterable[str] = ("train", "val", "test")):
+        from ..data import build_dataset, list_datasets
+
+        config.validate()
+        if config.dataset not in list_datasets():
+            raise ConfigError(
+                f"unknown dataset {config.dataset!r}; valid: {', '.join(list_datasets())}"
+            )
+        device = resolve_device(config.device)
+        seed_everything(config.seed)
+        datasets = {
+            split: build_dataset(
+                config.dataset,
+                config.data_root,
+                split,
+                download=config.download,
+                image_size=config.image_size,
+                seed=config.seed,
+            )
+            for split in splits
+        }
+        info = next(iter(datasets.values())).info
+        if info.task == "segmentation":
+            raise ConfigError(
+                f"dataset {config.dataset!r} is a segmentation task; the training engine runs "
+                "classification and multi-label tasks"
+            )
+        model = build_model(config, info).to(device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        generators = {
+            "data": torch.Generator().manual_seed(config.seed + 1),
+            "noise": torch.Generator(device=device).manual_seed(config.seed + 2),
+        }
+        for layer in model.modules():
+            if isinstance(layer, _AugmentBatchNorm):
+                layer.generator = generators["noise"]
+        params = model.parameters()
+        if config.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            )
+        else:
+            optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=list(config.schedule), gamma=config.gamma
+        )
+        return cls(
+            config=config,
+            out=Path(config.checkpoint),
+            device=device,
+            datasets=datasets,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            generators=generators,
+        )
+
+    @property
+    def info(self):
+        return next(iter(self.datasets.values())).info
+
+    def _loss_fn(self) -> nn.Module:
+        if self.info.task == "multi-label":
+            return nn.BCEWithLogitsLoss()
+        return nn.CrossEntropyLoss()
+
+    def _loader(self, split: str, *, train: bool):
+        from ..data import build_loader
+
+        batch = self.config.train_batch if train else self.config.test_batch
+        return build_loader(
+            self.datasets[split],
+            batch,
+            train=train,
+            device=self.device,
+            generator=self.generators["data"] if train else None,
+            num_workers=self.config.workers,
+        )
+
+    def _autocast(self):
+        if not self.config.amp:
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if self.config.channels_last and images.dim() == 4:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    @staticmethod
+    def _correct(logits: torch.Tensor, targets: torch.Tensor, task: str) -> float:
+        if task == "multi-label":
+            return ((logits >= 0) == (targets >= 0.5)).float().mean(1).sum().item()
+        return (logits.argmax(1) == targets).sum().item()
+
+    # -- state ------------------------------------------------------------------------------
+
+    def state(self, *, interrupted: bool = False) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": self.history,
+            "best": self.best,
+            "rng": capture_rng(self.generators),
+            "interrupted": interrupted,
+        }
+
+    def load_state(self, state: dict[str, Any], path: Path) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, RuntimeError, ValueError) as error:
+            raise CheckpointError(
+                f"checkpoint {path} does not match this run's model or optimizer "
+                f"({type(error).__name__}: {str(error).splitlines()[0]}); was it written with "
+                "another --arch, --depth, --norm, --placement or dataset?"
+            ) from error
+        self.epoch = state["epoch"]
+        self.history = list(state["history"])
+        self.best = dict(state["best"])
+        restore_rng(state["rng"], self.generators)
+
+    # -- loops --------------------------------------------------------------------------------
+
+    def train_epoch(self) -> EpochResult:
+        from tqdm.auto import tqdm
+
+        self.model.train()
+        loss_fn, task = self._loss_fn(), self.info.task
+        loader = self._loader("train", train=True)
+        total_loss = total_correct = seen = 0.0
+        start = time.perf_counter()
+        bar = tqdm(
+            loader,
+            desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+            leave=False,
+            disable=not sys.stderr.isatty(),
+        )
+        for step, (images, targets) in enumerate(bar):
+            images = self._prepare(images)
+            with self._autocast():
+                logits = self.model(images)
+                loss = loss_fn(logits.float(), targets)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise RunError(
+                    f"the training loss became {loss_value} at epoch {self.epoch + 1}, step "
+                    f"{step + 1}; stopping. The last good checkpoint is {self.out / 'last.pt'} "
+                    "(end of the previous epoch). Lower --lr, or check the data."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            n = images.shape[0]
+            seen += n
+            total_loss += loss_value * n
+            total_correct += self._correct(logits.detach(), targets, task)
+            bar.set_postfix(
+                loss=f"{total_loss / seen:.4f}",
+                acc=f"{total_correct / seen:.4f}",
+                img_s=f"{seen / (time.perf_counter() - start):.0f}",
+            )
+        return EpochResult(total_loss / max(seen, 1), total_correct / max(seen, 1))
+
+    @torch.no_grad()
+    def evaluate(self, split: str, model: nn.Module | None = None) -> EpochResult:
+        model = model or self.model
+        model.eval()
+        loss_fn, task = self._loss_fn(), self.info.task
+        total_loss = total_correct = seen = 0.0
+        all_logits, all_targets = [], []
+        for images, targets in self._loader(split, train=False):
+            with self._autocast():
+                logits = model(self._prepare(images)).float()
+            n = images.shape[0]
+            seen += n
+            total_loss += loss_fn(logits, targets).item() * n
+            total_correct += self._correct(logits, targets, task)
+            all_logits.append(logits.cpu())
+            all_targets.append(targets.cpu())
+        return EpochResult(
+            total_loss / max(seen, 1),
+            total_correct / max(seen, 1),
+            torch.cat(all_logits),
+            torch.cat(all_targets),
+        )
+
+    def metrics(self, result: EpochResult) -> dict[str, Any]:
+        info = self.info
+        full = classification_metrics(result.logits, result.targets, info.task, info.class_names)
+        return {"loss": result.loss, **full}
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def _write_outputs(self) -> None:
+        write_log(self.out / "log.csv", self.history)
+        write_curves(self.out / "curves.png", self.history)
+
+    def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs, evaluate, write every output; return ``metrics.json``."""
+        config, out = self.config, self.out
+        tensorboard = _tensorboard_writer(out)
+        try:
+            while self.epoch < config.epochs:
+                epoch_start = time.perf_counter()
+                rng_at_epoch_start = capture_rng(self.generators)
+                try:
+                    train = self.train_epoch()
+                except KeyboardInterrupt:
+                    state = self.state(interrupted=True)
+                    state["rng"] = rng_at_epoch_start  # the interrupted epoch restarts
+                    save_checkpoint(out / "last.pt", state)
+                    raise
+                val = self.evaluate("val")
+                self.epoch += 1
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.scheduler.step()
+                row = {
+                    "epoch": self.epoch,
+                    "lr": lr,
+                    "train_loss": train.loss,
+                    "train_acc": train.accuracy,
+                    "val_loss": val.loss,
+                    "val_acc": val.accuracy,
+                    "time": time.perf_counter() - epoch_start,
+                }
+                self.history.append(row)
+                if tensorboard is not None:
+                    for key in ("lr", "train_loss", "train_acc", "val_loss", "val_acc"):
+                        tensorboard.add_scalar(key, row[key], self.epoch)
+                improved = not self.best or val.accuracy > self.best["val_acc"]
+                if improved:
+                    self.best = {"epoch": self.epoch, "val_acc": val.accuracy}
+                state = self.state()
+                if improved:
+                    save_checkpoint(out / "best.pt", state)
+                save_checkpoint(out / "last.pt", state)
+                self._write_outputs()
+                print(
+                    f"epoch {self.epoch}/{config.epochs}  lr {lr:.4g}  "
+                    f"train loss {train.loss:.4f} acc {train.accuracy:.4f}  "
+                    f"val loss {val.loss:.4f} acc {val.accuracy:.4f}  ({row['time']:.1f}s)",
+                    flush=True,
+                )
+        finally:
+            if tensorboard is not None:
+                tensorboard.close()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        final = {split: self.metrics(self.evaluate(split)) for split in ("val", "test")}
+        best_model = self.model
+        if (self.out / "best.pt").is_file() and self.best.get("epoch") != self.epoch:
+            best_model = _copy_with_state(self.model, load_checkpoint(self.out / "best.pt"))
+        best = (
+            {split: self.metrics(self.evaluate(split, best_model)) for split in ("val", "test")}
+            if best_model is not self.model
+            else final
+        )
+        result = {
+            "finished": True,
+            "epochs": self.epoch,
+            "dataset": self.info.name,
+            "task": self.info.task,
+            "best_epoch": self.best.get("epoch"),
+            "best": best,
+            "final": final,
+        }
+        write_json(self.out / "metrics.json", result)
+        return result
+
+
+def _copy_with_state(model: nn.Module, state: dict[str, Any]) -> nn.Module:
+    import copy
+
+    clone = copy.deepcopy(model)
+    clone.load_state_dict(state["model"])
+    return clone
+
+
+def _tensorboard_writer(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(log_dir=str(out / "tensorboard"))
+
+
+def _prepare_output(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
+    out = Path(config.checkpoint)
+    finished = (out / "metrics.json").is_file()
+    started = (out / "last.pt").is_file()
+    if overwrite:
+        for name in (*OUTPUT_FILES, "split.json"):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    elif (finished or started) and not resume:
+        what = "a finished run" if finished else "an unfinished run"
+        raise RunError(
+            f"{out} already holds {what}; pass --resume to continue it, --overwrite to start "
+            "again, or choose another --checkpoint folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Run ``config`` end to end; return the contents of ``metrics.json``."""
+    import yaml
+
+    config.validate()
+    out = _prepare_output(config, resume=resume, overwrite=overwrite)
+    trainer = Trainer.create(config)
+    last = out / "last.pt"
+    if resume and last.is_file():
+        state = load_checkpoint(last)
+        saved = TrainConfig.from_dict(state["config"], source=str(last))
+        if _run_identity(saved) != _run_identity(config):
+            raise CheckpointError(
+                f"{last} was written by a different run (its config differs in "
+                f"{_differences(saved, config)}); use another --checkpoint folder or --overwrite"
+            )
+        trainer.load_state(state, last)
+        if state.get("interrupted"):
+            print(
+                f"resuming an interrupted epoch {trainer.epoch + 1} from its beginning, "
+                "with the weights saved at the interruption",
+                flush=True,
+            )
+    atomic_write(out / "config.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(config.to_dict())))
+    split_record = getattr(trainer.datasets["train"], "split_record", None)
+    if split_record:
+        write_json(out / "split.json", split_record)
+    return trainer.fit()
+
+
+# Fields that may change between a run and its resumption.
+_RESUMABLE = {"epochs", "checkpoint", "device", "workers", "test_batch", "preset", "download"}
+
+
+def _run_identity(config: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in config.to_dict().items() if k not in _RESUMABLE}
+
+
+def _differences(a: TrainConfig, b: TrainConfig) -> str:
+    x, y = _run_identity(a), _run_identity(b)
+    return ", ".join(f"{k}: {x[k]!r} vs {y[k]!r}" for k in x if x[k] != y[k])
+
+
+def evaluate_checkpoint(path: str | Path, split: str = "test", **overrides: Any) -> dict[str, Any]:
+    """Metrics of the checkpoint at ``path`` on ``split``; ``overrides`` change config fields
+    that do not affect the model (e.g. ``data_root``, ``device``, ``test_batch``)."""
+    state = load_checkpoint(path)
+    config = TrainConfig.from_dict(state["config"], source=str(path)).replace(**overrides)
+    trainer = Trainer.create(config, splits=(split,))
+    try:
+        trainer.model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"checkpoint {path} does not match the model its config describes: "
+            f"{str(error).splitlines()[0]}"
+        ) from error
+    return {"split": split, "epoch": state["epoch"], **trainer.metrics(trainer.evaluate(split))}

@@ -1,0 +1,56 @@
+"""A run's human-readable outputs: ``log.csv``, ``curves.png``, JSON files; all written
+atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import atomic_write
+
+__all__ = ["LOG_COLUMNS", "write_csv", "write_curves", "write_json", "write_log"]
+
+LOG_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "time")
+
+
+def write_json(path: Path, value: Any) -> None:
+    text = json.dumps(value, indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue()))
+
+
+def write_log(path: Path, history: Sequence[dict[str, Any]]) -> None:
+    write_csv(path, history, LOG_COLUMNS)
+
+
+def write_curves(path: Path, history: Sequence[dict[str, Any]]) -> None:
+    """Loss and accuracy per epoch, train and val."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for split in ("train", "val"):
+        ax_loss.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
+        ax_acc.plot(epochs, [row[f"{split}_acc"] for row in history], marker="o", label=split)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
