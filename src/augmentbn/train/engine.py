@@ -118,6 +118,11 @@ class Trainer:
     epoch: int = 0
     best: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # What runs the batches: the model, or its torch.compile'd wrapper (which shares its
+        # parameters; checkpoints hold the model's own state dict).
+        self.network = torch.compile(self.model) if self.config.compile else self.model
+
     # -- construction ---------------------------------------------------------------------
 
     @classmethod
@@ -268,7 +273,7 @@ class Trainer:
         for step, (images, targets) in enumerate(bar):
             images = self._prepare(images)
             with self._autocast():
-                logits = self.model(images)
+                logits = self.network(images)
                 loss = loss_fn(logits.float(), targets)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
@@ -293,7 +298,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str, model: nn.Module | None = None) -> EpochResult:
-        model = model or self.model
+        model = model or self.network
         model.eval()
         loss_fn, task = self._loss_fn(), self.info.task
         total_loss = total_correct = seen = 0.0
@@ -378,14 +383,12 @@ class Trainer:
 
     def finish(self) -> dict[str, Any]:
         final = {split: self.metrics(self.evaluate(split)) for split in ("val", "test")}
-        best_model = self.model
+        best = final
         if (self.out / "best.pt").is_file() and self.best.get("epoch") != self.epoch:
             best_model = _copy_with_state(self.model, load_checkpoint(self.out / "best.pt"))
-        best = (
-            {split: self.metrics(self.evaluate(split, best_model)) for split in ("val", "test")}
-            if best_model is not self.model
-            else final
-        )
+            best = {
+                split: self.metrics(self.evaluate(split, best_model)) for split in ("val", "test")
+            }
         result = {
             "finished": True,
             "epochs": self.epoch,
