@@ -28,6 +28,7 @@ NUM_CLASSES = 3
 INPUTS = {
     **{name: ((2, 3, 16, 16), {}) for name in CIFAR_RESNETS},
     "resnext29_8x64d": ((2, 3, 16, 16), {}),
+    "resnet_cifar": ((2, 3, 16, 16), {"depth": 11, "block": "bottleneck"}),
     **{name: ((2, 3, 64, 64), {}) for name in IMAGENET_RESNETS},
     "unet": ((2, 1, 32, 32), {"base_width": 8}),
     "unet3d": ((2, 1, 16, 16, 32), {"base_width": 8}),

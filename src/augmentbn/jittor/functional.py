@@ -1,0 +1,400 @@
+"""The formulas of NABN and IEBN for Jittor: the same functions as :mod:`augmentbn.functional`.
+
+Notation as in DESIGN.md section 1: input ``x`` of shape ``(N, C, *S)``, per channel ``M = N·|S|``
+values, batch mean ``μ``, biased batch variance ``σ²``, affine ``γ, β``, epsilon ``ε``::
+
+    NABN   μ' = μ + δ,   v' = σ² + δ²                  (gaussian_clip, uniform)
+                         v' = max(mean(x²) - μ'², 0)    (gaussian_reject, the Jittor seed)
+           y  = γ (x - μ') / sqrt(v' + ε) + β
+    IEBN   y  = (x - μ) / sqrt(σ² + ε) · γ · sigmoid(w · mean_S(x) + b) + β
+
+Each is written as Jittor's own ``nn.BatchNorm`` is: two per-channel reductions (``mean(x)``,
+``mean(x²)``), per-channel work on ``C`` values, then one fused ``x · scale + shift``. Jittor
+fuses the chain and differentiates it, so the cost is Jittor's BatchNorm's. ``δ`` is a constant.
+
+Distributed training (``jt.in_mpi`` and ``sync=True``): the sums of ``x`` and ``x²`` and the count
+are all-reduced before the statistics are formed, and ``δ`` is broadcast from rank 0, so ``P``
+processes compute what one process computes on the concatenated batch (DESIGN.md 1.1). The check
+"more than one value per channel" sees the local batch only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jittor as jt
+import numpy as np
+
+from ..functional import (
+    NOISE_TYPES,
+    RUNNING_STATS,
+    check_input,
+    check_noise_args,
+    check_running_stats,
+)
+
+__all__ = [
+    "NOISE_TYPES",
+    "RUNNING_STATS",
+    "augment_batch_norm",
+    "batch_norm",
+    "ie_batch_norm",
+    "sample_mean_shift",
+]
+
+Momentum = float | jt.Var
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _as_float(input: jt.Var) -> jt.Var:
+    """Integer input (the seed's example passes ``jt.array([1, 2, 3])``) is taken as float32."""
+    return input if input.dtype.is_float() else input.float32()
+
+
+def _channel_dims(input: jt.Var) -> list[int]:
+    """The dimensions a channel's statistics run over: ``N`` and the spatial ones."""
+    return [0, *range(2, input.ndim)]
+
+
+def _per_channel(value: jt.Var, input: jt.Var, dims: Sequence[int]) -> jt.Var:
+    """A ``(C,)`` (or ``(N, C)``) value broadcast against ``input`` along ``dims``."""
+    return value.broadcast(input, list(dims))
+
+
+def _in_mpi(sync: bool) -> bool:
+    return sync and jt.in_mpi
+
+
+def _moments(
+    input: jt.Var, sync: bool, instance_mean: jt.Var | None = None
+) -> tuple[jt.Var, jt.Var, float | jt.Var]:
+    """Per-channel ``mean(x)``, ``mean(x²)`` and the count ``M``, across processes under MPI.
+
+    With ``instance_mean`` (``mean_S(x)``, shape ``(N, C)``, which IEBN needs anyway) the channel
+    moments are taken from the instance moments, which Jittor runs in the same passes.
+    """
+    count = input.numel() // input.shape[1]
+    if instance_mean is None:
+        dims = _channel_dims(input)
+        mean, sq_mean = input.mean(dims), (input * input).mean(dims)
+    else:
+        spatial = list(range(2, input.ndim))
+        instance_sq_mean = (input * input).mean(spatial) if spatial else input * input
+        mean, sq_mean = instance_mean.mean(0), instance_sq_mean.mean(0)
+    if not _in_mpi(sync):
+        return mean, sq_mean, count
+    # One all-reduce of [Σx, Σx², M]: processes may hold batches of different sizes.
+    c = input.shape[1]
+    local = jt.concat([mean * count, sq_mean * count, jt.array([float(count)])])
+    total = local.mpi_all_reduce("add")
+    count_all = total[2 * c : 2 * c + 1]
+    return total[:c] / count_all, total[c : 2 * c] / count_all, count_all
+
+
+def _update_running_stats(
+    running_mean: jt.Var,
+    running_var: jt.Var,
+    mean: jt.Var,
+    var: jt.Var,
+    momentum: Momentum,
+    valid: jt.Var,
+) -> None:
+    """``running ← running + momentum·(batch - running)`` on the ``valid`` channels only.
+
+    ``valid`` marks the channels whose moments are finite: non-finite input does not poison the
+    running statistics (as in the PyTorch layers), and no host synchronization is needed.
+    """
+    for running, batch_value in ((running_mean, mean), (running_var, var)):
+        batch_value = batch_value.detach().cast(running.dtype)  # stop_grad() would be in place
+        updated = running + (batch_value - running) * momentum
+        running.update(jt.ternary(valid, updated, running))
+
+
+def _update_clean(
+    running_mean: jt.Var,
+    running_var: jt.Var,
+    moments: tuple[jt.Var, jt.Var, float | jt.Var],
+    var: jt.Var,
+    momentum: Momentum,
+) -> None:
+    """``torch.nn.BatchNorm``'s update: the batch mean and the unbiased variance."""
+    mean, sq_mean, count = moments
+    unbiased = var * count / (count - 1)
+    _update_running_stats(running_mean, running_var, mean, unbiased, momentum,
+                          _finite(mean, sq_mean))
+
+
+def _finite(mean: jt.Var, sq_mean: jt.Var) -> jt.Var:
+    """Channels with finite moments (tested before any ``maximum``, which may hide a NaN)."""
+    return jt.isfinite(mean) & jt.isfinite(sq_mean)
+
+
+def _dtype_name(dtype: Any) -> str:
+    return dtype if isinstance(dtype, str) else getattr(dtype, "__name__", str(dtype))
+
+
+def _to_var(value: Any) -> jt.Var:
+    """A Var from an array-like, keeping float64 (``jt.array`` would round it to float32)."""
+    array = np.asarray(value)
+    return jt.array(array, dtype=str(array.dtype)) if array.dtype == np.float64 else jt.array(array)
+
+
+def _normalize(
+    input: jt.Var,
+    mean: jt.Var,
+    var: jt.Var,
+    weight: jt.Var | None,
+    bias: jt.Var | None,
+    eps: float,
+) -> jt.Var:
+    """``weight · (x - mean) / sqrt(var + eps) + bias`` as ``x · scale + shift``."""
+    scale = 1.0 / jt.sqrt(var + eps)
+    if weight is not None:
+        scale = weight * scale
+    shift = -mean * scale
+    if bias is not None:
+        shift = bias + shift
+    dims = _channel_dims(input)
+    return input * _per_channel(scale, input, dims) + _per_channel(shift, input, dims)
+
+
+def _check_running_pair(running_mean: jt.Var | None, running_var: jt.Var | None) -> None:
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together or both None")
+
+
+def _as_mean_shift(mean_shift: Any, num_features: int, where: str) -> jt.Var:
+    """A given ``δ`` as a constant float32 Var of shape ``(C,)``; ``ValueError`` otherwise."""
+    shift = mean_shift if isinstance(mean_shift, jt.Var) else _to_var(mean_shift)
+    if tuple(shift.shape) != (num_features,):
+        raise ValueError(
+            f"{where}: mean_shift must have shape ({num_features},), one value per channel, "
+            f"got {tuple(shift.shape)}"
+        )
+    return (shift if shift.dtype.is_float() else shift.float32()).detach()
+
+
+def check_mean_shift(mean_shift: Any, num_features: int, where: str) -> None:
+    """Raise ``ValueError`` unless ``mean_shift`` is ``None`` or has shape ``(num_features,)``."""
+    if mean_shift is not None:
+        _as_mean_shift(mean_shift, num_features, where)
+
+
+# --------------------------------------------------------------------------------------------
+# NABN
+# --------------------------------------------------------------------------------------------
+
+
+def sample_mean_shift(
+    num_features: int,
+    *,
+    theta: float = 0.2,
+    noise: str = "gaussian_clip",
+    noise_std: float = 1.0,
+    generator: np.random.Generator | None = None,
+    device: None = None,
+    dtype: Any = None,
+) -> jt.Var:
+    """Draw the per-channel mean shift ``δ`` of NABN (DESIGN.md 1.1 step 1), shape ``(C,)``.
+
+    - ``gaussian_clip``: ``δ = clamp(z, -θ, θ)``, ``z ~ N(0, s²)``;
+    - ``gaussian_reject``: ``δ = z if |z| ≤ θ else 0``, ``z ~ N(0, s²)``;
+    - ``uniform``: ``δ ~ U(-θ, θ)``.
+
+    Args:
+        generator: Jittor has no generator objects. ``None`` draws from Jittor's global random
+            state (seeded by ``jt.set_seed``, on the device, no synchronization); a
+            ``numpy.random.Generator`` gives an independent, reproducible stream per layer.
+        device: accepted for the PyTorch signature and must be ``None``: Jittor places every Var
+            by ``jt.flags.use_cuda``.
+        dtype: a Jittor float dtype (default float32).
+    """
+    check_noise_args(theta, noise, noise_std, "sample_mean_shift")
+    if device is not None:
+        raise ValueError(
+            "sample_mean_shift: device must be None in Jittor, which places every Var by "
+            f"jt.flags.use_cuda; got {device!r}"
+        )
+    dtype = _dtype_name(dtype or "float32")
+    shape = (num_features,)
+    if generator is None:
+        draw = jt.rand(shape, dtype) if noise == "uniform" else jt.randn(shape, dtype)
+    elif isinstance(generator, np.random.Generator):
+        sample = generator.random(shape) if noise == "uniform" else generator.standard_normal(shape)
+        draw = jt.array(sample, dtype=dtype)
+    else:
+        raise TypeError(
+            "sample_mean_shift: generator must be None or a numpy.random.Generator, got "
+            f"{type(generator).__name__}"
+        )
+    if noise == "uniform":
+        return ((draw * 2.0 - 1.0) * theta).stop_grad()
+    z = draw * noise_std
+    if noise == "gaussian_clip":
+        return z.clamp(-theta, theta).stop_grad()
+    return jt.ternary(z.abs() <= theta, z, jt.zeros_like(z)).stop_grad()
+
+
+def augment_batch_norm(
+    input: jt.Var,
+    running_mean: jt.Var | None,
+    running_var: jt.Var | None,
+    weight: jt.Var | None = None,
+    bias: jt.Var | None = None,
+    training: bool = False,
+    momentum: Momentum = 0.1,
+    eps: float = 1e-5,
+    *,
+    theta: float = 0.2,
+    noise: str = "gaussian_clip",
+    noise_std: float = 1.0,
+    running_stats: str = "perturbed",
+    mean_shift: jt.Var | None = None,
+    generator: np.random.Generator | None = None,
+    sync: bool = True,
+) -> jt.Var:
+    """Noise-assisted batch normalization (NABN, "AugmentBN"), DESIGN.md 1.1, for Jittor.
+
+    The same function as :func:`augmentbn.functional.augment_batch_norm`. In training mode the
+    batch mean is shifted by ``δ`` (``mean_shift`` if given, else a fresh
+    :func:`sample_mean_shift` draw) and ``running_mean``/``running_var``, when given, are updated
+    in place with ``momentum`` (a float, or a Var for the cumulative average): with ``μ'`` and the
+    biased ``v'`` (``running_stats="perturbed"``, as both references) or with ``μ`` and the
+    unbiased ``σ²`` (``"clean"``, exactly ``torch.nn.BatchNorm``). Outside training this is plain
+    batch normalization: running statistics if given, else batch statistics; never noise.
+    Channels whose batch statistics are not finite keep their running statistics.
+
+    ``sync`` (Jittor only, as in ``jittor.nn.BatchNorm``): under MPI, reduce the statistics
+    across processes and share one ``δ``.
+    """
+    check_noise_args(theta, noise, noise_std, "augment_batch_norm")
+    check_running_stats(running_stats, "augment_batch_norm")
+    _check_running_pair(running_mean, running_var)
+    if not training:
+        return batch_norm(
+            input, running_mean, running_var, weight, bias, False, 0.0, eps, sync=sync
+        )
+    check_input(input, None, True, "augment_batch_norm")
+    input = _as_float(input)
+    num_features = input.shape[1]
+    if mean_shift is None:
+        delta = sample_mean_shift(
+            num_features, theta=theta, noise=noise, noise_std=noise_std, generator=generator
+        )
+    else:
+        delta = _as_mean_shift(mean_shift, num_features, "augment_batch_norm")
+    if _in_mpi(sync):
+        delta = delta.mpi_broadcast(root=0)  # one δ for the whole distributed batch
+
+    moments = _moments(input, sync)
+    mean, sq_mean, _ = moments
+    var = (sq_mean - mean * mean).maximum(0.0)  # σ², biased
+    shifted_mean = mean + delta  # μ'
+    if noise == "gaussian_reject":
+        # The seed's max(mean(x²) - μ'², 0), written as σ² - δ(2μ + δ).
+        var_used = (var - delta * (2.0 * mean + delta)).maximum(0.0)
+    else:
+        var_used = var + delta * delta  # mean((x - μ')²)
+    output = _normalize(input, shifted_mean, var_used, weight, bias, eps)
+
+    if running_mean is not None and running_stats == "perturbed":
+        _update_running_stats(running_mean, running_var, shifted_mean, var_used, momentum,
+                              _finite(mean, sq_mean))
+    elif running_mean is not None:
+        _update_clean(running_mean, running_var, moments, var, momentum)
+    return output
+
+
+def batch_norm(
+    input: jt.Var,
+    running_mean: jt.Var | None,
+    running_var: jt.Var | None,
+    weight: jt.Var | None = None,
+    bias: jt.Var | None = None,
+    training: bool = False,
+    momentum: Momentum = 0.1,
+    eps: float = 1e-5,
+    *,
+    sync: bool = True,
+) -> jt.Var:
+    """``torch.nn.functional.batch_norm`` for Jittor: unbiased running variance, as PyTorch.
+
+    Batch statistics in training or when no running statistics are given, the running ones
+    otherwise. (``jittor.nn.BatchNorm`` averages the biased variance instead.)
+    """
+    _check_running_pair(running_mean, running_var)
+    use_batch_stats = training or running_mean is None
+    check_input(input, None, use_batch_stats, "batch_norm")
+    input = _as_float(input)
+    if not use_batch_stats:
+        return _normalize(input, running_mean, running_var, weight, bias, eps)
+    moments = _moments(input, sync)
+    mean, sq_mean, _ = moments
+    var = (sq_mean - mean * mean).maximum(0.0)
+    if training and running_mean is not None:
+        _update_clean(running_mean, running_var, moments, var, momentum)
+    return _normalize(input, mean, var, weight, bias, eps)
+
+
+# --------------------------------------------------------------------------------------------
+# IEBN
+# --------------------------------------------------------------------------------------------
+
+
+def ie_batch_norm(
+    input: jt.Var,
+    running_mean: jt.Var | None,
+    running_var: jt.Var | None,
+    weight: jt.Var | None,
+    bias: jt.Var | None,
+    weight_readjust: jt.Var,
+    bias_readjust: jt.Var,
+    training: bool = False,
+    momentum: Momentum = 0.1,
+    eps: float = 1e-5,
+    *,
+    sync: bool = True,
+) -> jt.Var:
+    """Instance Enhancement Batch Normalization (IEBN), DESIGN.md 1.2, for Jittor.
+
+    The same function as :func:`augmentbn.functional.ie_batch_norm`:
+    ``y = BN(x)·γ·sigmoid(w·mean_S(x) + b) + β`` with ``BN`` unaffine (batch statistics in
+    training or without running statistics, running ones otherwise). Running statistics are
+    updated as ``torch.nn.BatchNorm`` (unbiased variance); non-finite channels keep theirs.
+    """
+    _check_running_pair(running_mean, running_var)
+    use_batch_stats = training or running_mean is None
+    check_input(input, None, use_batch_stats, "ie_batch_norm")
+    input = _as_float(input)
+    num_features = input.shape[1]
+    for name, value in (("weight_readjust", weight_readjust), ("bias_readjust", bias_readjust)):
+        if tuple(value.shape) != (num_features,):
+            raise ValueError(
+                f"ie_batch_norm: {name} must have shape ({num_features},), got "
+                f"{tuple(value.shape)}"
+            )
+    spatial = list(range(2, input.ndim))
+    instance_mean = input.mean(spatial) if spatial else input  # mean_S(x), (N, C)
+    if use_batch_stats:
+        moments = _moments(input, sync, instance_mean)
+        mean, sq_mean, _ = moments
+        var = (sq_mean - mean * mean).maximum(0.0)
+        if training and running_mean is not None:
+            _update_clean(running_mean, running_var, moments, var, momentum)
+    else:
+        mean, var = running_mean, running_var
+    gate = jt.sigmoid(instance_mean * weight_readjust + bias_readjust)  # a[n, c]
+    scale = gate * (1.0 / jt.sqrt(var + eps))
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    if not spatial:
+        return input * scale + shift
+    return input * scale.broadcast(input, spatial) + shift.broadcast(input, spatial)
