@@ -1,0 +1,29 @@
+"""Lazy import of optional dependencies, with the ``pip install`` command when one is missing."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+from types import ModuleType
+
+__all__ = ["import_optional"]
+
+
+def import_optional(
+    module: str, *, package: str, extra: str, purpose: str, quiet: bool = False
+) -> ModuleType:
+    """Import ``module`` or raise ImportError naming ``pip install 'augmentbn[extra]'``.
+
+    ``quiet`` swallows what the module prints while it is imported (some packages print
+    warnings about their own optional dependencies).
+    """
+    try:
+        if not quiet:
+            return importlib.import_module(module)
+        with contextlib.redirect_stdout(io.StringIO()):
+            return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(
+            f"{purpose} needs the `{package}` package: pip install 'augmentbn[{extra}]'"
+        ) from err
