@@ -16,12 +16,18 @@ IEBN (Liang, Huang, Liang, Yang, AAAI 2020) rescales BatchNorm per instance::
     a[n, c] = sigmoid(w_c · mean_S(x[n, c]) + b_c)
     y       = BN(x) · γ_c · a[n, c] + β_c        (BN without affine)
 
-Both run on the framework's native BatchNorm kernels: one statistics pass and one elementwise pass
-forward, BatchNorm's own backward plus per-channel work (DESIGN.md 1.1, "Backward without
-autograd").
+Both run on the framework's native BatchNorm kernels with BatchNorm's passes over the data
+(DESIGN.md 1.1, "Backward without autograd"): forward, one statistics pass and one elementwise
+pass; backward, one reduction pass and one elementwise pass. On top of that, NABN's gaussian_clip
+and uniform add one in-place per-channel correction to the input gradient; IEBN adds the instance
+means forward (a cheap contiguous reduction) and a second elementwise pass backward. IEBN's
+per-``(n, c)`` work runs on the same kernels through a ``(1, N·C, |S|)`` view of contiguous
+inputs, whose "channels" are the ``(n, c)`` pairs.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -93,30 +99,145 @@ def _stats_dtype(input: Tensor) -> torch.dtype:
     return torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
 
 
-def _batch_stats(input: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel batch mean and biased variance, by the native BatchNorm statistics kernel.
-
-    They are constants to autograd: the autograd Functions below own their gradients."""
-    stats_input = input.detach()
-    if stats_input.dtype != _stats_dtype(input):
-        stats_input = stats_input.float()
-    return torch.batch_norm_update_stats(stats_input, None, None, 0.0)
-
-
 def _channel_view(t: Tensor, ndim: int) -> Tensor:
     """``(C,)`` or ``(N, C)`` viewed to broadcast against an ``ndim``-D ``(N, C, *S)`` input."""
-    return t.reshape(t.shape + (1,) * (ndim - 2))
+    return t.reshape(*t.shape, *(1,) * (ndim - 2))
 
 
-def _update_running(running: Tensor, batch_value: Tensor, momentum: float | Tensor) -> None:
-    """``running ← (1 - momentum)·running + momentum·batch_value`` on finite channels only.
+def _native_stats(input: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance over every dimension but 1, by the native BatchNorm statistics
+    kernel, in the statistics dtype.
 
-    Channels whose batch statistic is NaN or inf keep their running value: non-finite input must
-    not poison the running statistics, and the masked update needs no host synchronization.
+    They are constants to autograd: the autograd Functions below own their gradients."""
+    input = input.detach()
+    dtype = _stats_dtype(input)
+    if input.dtype == dtype:
+        return torch.batch_norm_update_stats(input, None, None, 0.0)
+    # Half precision: given float32 running buffers, the kernel accumulates and returns float32
+    # without a float32 copy of the input; momentum 0 leaves the scratch buffers unused.
+    scratch = input.new_zeros((2, input.shape[1]), dtype=dtype)
+    return torch.batch_norm_update_stats(input, scratch[0], scratch[1], 0.0)
+
+
+def _as_stats_dtype(*tensors: Tensor | None, dtype: torch.dtype) -> tuple[Tensor | None, ...]:
+    """Affine parameters in the statistics dtype, as native kernels want them beside float32
+    statistics (a bfloat16 module, say); their gradients come back in their own dtype."""
+    return tuple(t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors)
+
+
+def _update_running_stats(
+    running_mean: Tensor,
+    running_var: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    momentum: float | Tensor,
+) -> None:
+    """``running ← running + momentum·(batch - running)`` for the mean and the variance.
+
+    Channels whose batch variance is NaN or inf (so is it whenever the mean is) keep their running
+    statistics: non-finite input must not poison them, and the masked update needs no host
+    synchronization.
     """
-    batch_value = batch_value.to(running.dtype)
-    updated = torch.lerp(running, batch_value, momentum)
-    running.copy_(torch.where(torch.isfinite(batch_value), updated, running))
+    finite = var < math.inf  # False for NaN and inf; a variance is never -inf
+    for running, value in ((running_mean, mean), (running_var, var)):
+        if value.dtype != running.dtype:
+            value = value.to(running.dtype)
+        weight = momentum
+        if isinstance(weight, Tensor) and weight.dtype != running.dtype:
+            weight = weight.to(running.dtype)
+        # lerp(r, r, w) == r exactly: masked channels stay as they are.
+        running.lerp_(torch.where(finite, value, running), weight)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-(n, c) work on native BatchNorm kernels (IEBN)
+# --------------------------------------------------------------------------------------------
+
+
+def _instance_mean(input: Tensor) -> Tensor:
+    """``mean_S(x[n, c])``, shape ``(N, C)``, in the statistics dtype (a constant to autograd)."""
+    dtype = _stats_dtype(input)
+    if input.dim() == 2:
+        return input.detach().to(dtype)
+    return input.detach().mean(dim=tuple(range(2, input.dim())), dtype=dtype)
+
+
+def _instance_layout(input: Tensor, mean: Tensor) -> tuple[Tensor, Tensor] | None:
+    """What native BatchNorm kernels need to work per ``(n, c)``.
+
+    A contiguous ``(N, C, *S)`` input is viewed as ``(1, N·C, |S|)``, whose "channels" are the
+    ``(n, c)`` pairs. With ``μ`` repeated per ``(n, c)`` and ones as running statistics and
+    ``ε = 0``, eval-mode BatchNorm computes ``(x - μ_c)·weight[n, c] + bias[n, c]`` and its
+    backward ``sum_S(g)`` and ``sum_S(g·(x - μ_c))``. ``None`` where the memory layout allows no
+    such view (channels_last, strided) or there is no spatial dimension."""
+    if input.dim() < 3 or not input.is_contiguous():
+        return None
+    N, C = input.shape[:2]
+    return _flat_instances(mean, N), mean.new_ones(N * C)
+
+
+def _flat_instances(t: Tensor, N: int) -> Tensor:
+    """A ``(C,)`` or ``(N, C)`` tensor as the ``(N·C,)`` parameters of the instance view."""
+    return t.reshape(-1) if t.dim() == 2 else torch.cat([t] * N)
+
+
+def _instance_affine(
+    input: Tensor,
+    layout: tuple[Tensor, Tensor] | None,
+    mean: Tensor,
+    scale: Tensor,
+    shift: Tensor | None,
+) -> Tensor:
+    """``(x - μ_c)·scale[n, c] + shift[n, c]`` in one elementwise pass: eval-mode native
+    BatchNorm on the instance view (see :func:`_instance_layout`), a composite ``addcmul``
+    otherwise. ``scale`` and ``shift`` (``None``: 0) broadcast to ``(N, C)``; everything is in
+    the statistics dtype."""
+    N, C = input.shape[:2]
+    if layout is not None:
+        output = torch.batch_norm(
+            input.view(1, N * C, -1),
+            _flat_instances(scale, N),
+            None if shift is None else _flat_instances(shift, N),
+            *layout,
+            False,
+            0.0,
+            0.0,
+            torch.backends.cudnn.enabled,
+        )
+        # Not a view: an autograd.Function's output must allow in-place ops (ReLU(inplace=True)).
+        return torch.ops.aten._unsafe_view(output, input.shape)
+    ndim = input.dim()
+    offset = -(mean * scale) if shift is None else shift - mean * scale
+    output = torch.addcmul(_channel_view(offset, ndim), input, _channel_view(scale, ndim))
+    return output.to(input.dtype)
+
+
+def _instance_grad_sums(
+    grad: Tensor, input: Tensor, layout: tuple[Tensor, Tensor] | None, mean: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``sum_S(g)`` and ``sum_S(g·(x - μ_c))``, shape ``(N, C)``, in the statistics dtype: one
+    native reduction pass (eval-mode BatchNorm backward) on the instance view, composite
+    reductions otherwise."""
+    N, C = input.shape[:2]
+    if layout is not None:
+        _, sum_g_xc, sum_g = torch.ops.aten.native_batch_norm_backward(
+            grad.contiguous().view(1, N * C, -1),
+            input.view(1, N * C, -1),
+            None,
+            *layout,
+            None,
+            None,
+            False,
+            0.0,
+            [False, True, True],
+        )
+        return sum_g.view(N, C), sum_g_xc.view(N, C)
+    ndim = input.dim()
+    g_xc = grad * (input.to(mean.dtype) - _channel_view(mean, ndim))
+    if ndim == 2:
+        return grad.to(mean.dtype), g_xc
+    spatial = tuple(range(2, ndim))
+    return grad.sum(dim=spatial, dtype=mean.dtype), g_xc.sum(dim=spatial, dtype=mean.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,20 +266,21 @@ def sample_mean_shift(
     """
     check_noise_args(theta, noise, noise_std, "sample_mean_shift")
     if noise == "uniform":
-        u = torch.rand(num_features, generator=generator, device=device, dtype=dtype)
-        return u.mul_(2.0 * theta).sub_(theta)
+        u = torch.empty(num_features, device=device, dtype=dtype)
+        return u.uniform_(-theta, theta, generator=generator)
     z = torch.randn(num_features, generator=generator, device=device, dtype=dtype)
-    z.mul_(noise_std)
+    if noise_std != 1.0:
+        z.mul_(noise_std)
     if noise == "gaussian_clip":
         return z.clamp_(-theta, theta)
     return z.masked_fill_(z.abs() > theta, 0.0)
 
 
 class _AugmentBatchNormFunction(torch.autograd.Function):
-    """Training-mode NABN on native BatchNorm kernels.
+    """Training-mode NABN on native BatchNorm kernels, given ``μ'``, ``v'`` (constants).
 
-    Forward: native statistics, then the native per-channel affine at ``(μ', v')``.
-    Backward, with ``s = 1/sqrt(v' + ε)``, ``x̂ = (x - μ')·s``, ``g = dL/dy``, means per channel::
+    Forward: the native per-channel affine at ``(μ', v')``. Backward, with ``s = 1/sqrt(v' + ε)``,
+    ``x̂ = (x - μ')·s``, ``g = dL/dy``, means per channel::
 
         dx = γ s [g - mean(g) - (x - c)·s·ρ·mean(g x̂)]
 
@@ -166,34 +288,41 @@ class _AugmentBatchNormFunction(torch.autograd.Function):
     (``d v'/dx = 2(x - μ)/M``), and ``ρ = 0`` on channels where the reject formula's ``max(·, 0)``
     is active, else 1. That is native BatchNorm's backward at ``(μ', s)`` plus, per channel,
     ``γ s² mean(g x̂)·[(1 - ρ)(x - μ') + ρ(c - μ')]``: nothing for gaussian_reject in the usual
-    case, a constant for gaussian_clip and uniform.
+    case, the constant ``-γ s² δ·mean(g x̂)`` for gaussian_clip and uniform.
+
+    ``mean_shift`` is ``δ`` for gaussian_clip and uniform, ``None`` for gaussian_reject;
+    ``inactive`` is ``1 - ρ`` where some channel may be clamped, else ``None``.
     """
 
     @staticmethod
-    def forward(ctx, input, weight, bias, mean_shift, eps, reject):
-        mean, var = _batch_stats(input)
-        shifted_mean = mean + mean_shift
-        if reject:
-            # mean(x²) - μ'² = σ² - δ(2μ + δ), without the cancellation of mean(x²) - μ'².
-            raw_var = var - mean_shift * (2.0 * mean + mean_shift)
-            var_used = raw_var.clamp(min=0.0)
-            var_active = (raw_var >= 0).to(var.dtype)  # ρ
-            center = shifted_mean
-        else:
-            var_used = var + mean_shift * mean_shift
-            var_active = None
-            center = mean
-        output = F.batch_norm(input, shifted_mean, var_used, weight, bias, False, 0.0, eps)
-        invstd = torch.rsqrt(var_used + eps)
-        ctx.save_for_backward(input, weight, shifted_mean, invstd, center, var_active)
+    def forward(ctx, input, weight, bias, shifted_mean, var_used, mean_shift, inactive, eps):
+        weight, bias = _as_stats_dtype(weight, bias, dtype=var_used.dtype)
+        output = torch.batch_norm(
+            input,
+            weight,
+            bias,
+            shifted_mean,
+            var_used,
+            False,
+            0.0,
+            eps,
+            torch.backends.cudnn.enabled,
+        )
+        var_eps = var_used + eps
+        invstd = torch.rsqrt(var_eps)
+        correction = None  # γ s²·(δ or 1 - ρ), per channel
+        if mean_shift is not None or inactive is not None:
+            correction = (mean_shift if inactive is None else inactive) / var_eps
+            if weight is not None:
+                correction = correction * weight
+        ctx.save_for_backward(input, weight, shifted_mean, invstd, correction)
         ctx.eps = eps
-        for t in (mean, var, shifted_mean, var_used):
-            ctx.mark_non_differentiable(t)
-        return output, mean, var, shifted_mean, var_used
+        ctx.clamped = inactive is not None
+        return output
 
     @staticmethod
-    def backward(ctx, grad_output, *_):
-        input, weight, shifted_mean, invstd, center, var_active = ctx.saved_tensors
+    def backward(ctx, grad_output):
+        input, weight, shifted_mean, invstd, correction = ctx.saved_tensors
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_input, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
             grad_output.contiguous(memory_format=_memory_format(input)),
@@ -207,26 +336,24 @@ class _AugmentBatchNormFunction(torch.autograd.Function):
             ctx.eps,
             [need_input, True, need_bias],
         )
-        if need_input:
+        if need_input and correction is not None:
+            # With grad_weight = sum(g x̂) = M·mean(g x̂); grad_input is ours to update in place.
             ndim = input.dim()
             count = input.numel() // input.shape[1]
-            gamma = weight if weight is not None else 1.0
-            # γ s² mean(g x̂), with grad_weight = sum(g x̂)
-            coef = gamma * invstd * invstd * grad_weight.to(invstd.dtype) / count
-            constant = coef * (center - shifted_mean)
-            if var_active is None:
-                grad_input = grad_input + _channel_view(constant, ndim).to(grad_input.dtype)
-            elif torch.compiler.is_compiling() or not bool(var_active.all()):
-                # Some channel sits on max(·, 0): its variance path carries no gradient.
-                slope = coef * (1.0 - var_active)
-                offset = var_active * constant - slope * shifted_mean
-                grad_input = grad_input + (
-                    input * _channel_view(slope, ndim) + _channel_view(offset, ndim)
-                ).to(grad_input.dtype)
+            coef = correction * grad_weight
+            if not ctx.clamped:  # gaussian_clip, uniform: - γ s² δ mean(g x̂)
+                grad_input.add_(_channel_view(coef, ndim).to(grad_input.dtype), alpha=-1 / count)
+            else:  # channels on max(·, 0): their variance path carries no gradient
+                slope = coef / count
+                grad_input.addcmul_(input, _channel_view(slope, ndim).to(input.dtype))
+                offset = _channel_view(slope * shifted_mean, ndim).to(grad_input.dtype)
+                grad_input.sub_(offset)
         return (
             grad_input if need_input else None,
             grad_weight if need_weight else None,
             grad_bias if need_bias else None,
+            None,
+            None,
             None,
             None,
             None,
@@ -239,6 +366,19 @@ def _memory_format(input: Tensor) -> torch.memory_format:
     if input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d):
         return torch.channels_last_3d
     return torch.contiguous_format
+
+
+def _inactive_channels(raw_var: Tensor, var_used: Tensor) -> Tensor | None:
+    """``1`` where gaussian_reject's ``max(mean(x²) - μ'², 0)`` clamps, as a float mask, or
+    ``None`` when no channel does. Knowing "none" costs a host synchronization, cheap on the CPU
+    only; elsewhere, and under ``torch.compile``, the mask is always kept."""
+    if (
+        not torch.compiler.is_compiling()
+        and raw_var.device.type == "cpu"
+        and torch.equal(raw_var, var_used)
+    ):
+        return None
+    return (raw_var < 0).to(raw_var.dtype)
 
 
 def augment_batch_norm(
@@ -297,18 +437,35 @@ def augment_batch_norm(
     else:
         mean_shift = mean_shift.detach().to(device=input.device, dtype=stats_dtype)
 
-    output, mean, var, shifted_mean, var_used = _AugmentBatchNormFunction.apply(
-        input, weight, bias, mean_shift, eps, noise == "gaussian_reject"
-    )
+    mean, var = _native_stats(input)
+    shifted_mean = mean + mean_shift
+    if noise == "gaussian_reject":
+        # mean(x²) - μ'² = σ² - δ(μ + μ'), without the cancellation of mean(x²) - μ'².
+        raw_var = torch.addcmul(var, mean_shift, mean + shifted_mean, value=-1)
+        var_used = raw_var.clamp(min=0.0)
+        output = _AugmentBatchNormFunction.apply(
+            input,
+            weight,
+            bias,
+            shifted_mean,
+            var_used,
+            None,
+            _inactive_channels(raw_var, var_used),
+            eps,
+        )
+    else:
+        var_used = torch.addcmul(var, mean_shift, mean_shift)  # mean((x - μ')²) = σ² + δ²
+        output = _AugmentBatchNormFunction.apply(
+            input, weight, bias, shifted_mean, var_used, mean_shift, None, eps
+        )
     if running_mean is not None and running_var is not None:
         with torch.no_grad():
             if running_stats == "perturbed":
-                _update_running(running_mean, shifted_mean, momentum)
-                _update_running(running_var, var_used, momentum)
+                _update_running_stats(running_mean, running_var, shifted_mean, var_used, momentum)
             else:
                 count = input.numel() // num_features
-                _update_running(running_mean, mean, momentum)
-                _update_running(running_var, var * (count / (count - 1)), momentum)
+                unbiased = var * (count / (count - 1))
+                _update_running_stats(running_mean, running_var, mean, unbiased, momentum)
     return output
 
 
@@ -318,89 +475,89 @@ def augment_batch_norm(
 
 
 class _IEBatchNormFunction(torch.autograd.Function):
-    """IEBN as one per-(n, c) affine map ``y = A[n,c]·x + B[n,c]``.
+    """IEBN as one per-``(n, c)`` affine map of ``x``, given ``μ``, ``σ²`` and ``mean_S(x)``.
 
-    With ``s = 1/sqrt(σ² + ε)`` (batch or running), ``x̂ = (x - μ)s``, ``g = dL/dy``,
-    ``G = g·γ·a`` and ``m[n,c] = mean_S(x[n,c])``::
+    With ``s = 1/sqrt(σ² + ε)`` (batch or running), ``a = sigmoid(w·mean_S(x) + b)``,
+    ``x̂ = (x - μ)s``, ``g = dL/dy``, ``M = N·|S|`` and the per-``(n, c)`` sums ``S_g = sum_S(g)``,
+    ``S_gx̂ = sum_S(g x̂)``::
 
-        A = γ a s,   B = β - μ A
-        dx = A g + [batch stats] s(-mean(G) - x̂·mean(G x̂)) + w a(1 - a)·γ·sum_S(g x̂)/|S|
+        y  = (x - μ)·γ a s + β
+        dx = γ a s·g + k[c]·x̂ + b[n, c]
+        k  = -(s/M)·γ·sum_n(a S_gx̂)                                      [batch statistics]
+        b  = -(s/M)·γ·sum_n(a S_g) [batch statistics] + γ·S_gx̂·a(1 - a)·w/|S|
 
-    Everything but the elementwise terms comes from the per-(n, c) sums ``sum_S(g)`` and
-    ``sum_S(g x)``.
+    the last term through ``a``. Forward is one elementwise pass; backward one reduction pass for
+    the sums and two elementwise passes (the affine part in ``x``, then ``γ a s·g`` in place).
     """
 
     @staticmethod
     def forward(
-        ctx, input, weight, bias, weight_readjust, bias_readjust, mean, var, eps, batch_stats
+        ctx,
+        input,
+        weight,
+        bias,
+        weight_readjust,
+        bias_readjust,
+        mean,
+        var,
+        instance_mean,
+        eps,
+        batch_stats,
     ):
-        ndim = input.dim()
-        spatial = tuple(range(2, ndim))
-        stats_dtype = mean.dtype
-        instance_mean = (
-            input.mean(dim=spatial, dtype=stats_dtype) if spatial else input.to(stats_dtype)
-        )
-        gate = torch.sigmoid(instance_mean * weight_readjust + bias_readjust)  # a, (N, C)
+        weight, bias = _as_stats_dtype(weight, bias, dtype=mean.dtype)
         invstd = torch.rsqrt(var + eps)
-        gamma = weight if weight is not None else torch.ones_like(invstd)
-        scale = gamma * invstd * gate
-        shift = -mean * scale
-        if bias is not None:
-            shift = shift + bias
-        output = torch.addcmul(
-            _channel_view(shift, ndim).to(input.dtype),
+        gate = torch.addcmul(bias_readjust, instance_mean, weight_readjust).sigmoid_()  # a
+        gain = (gate if weight is None else gate * weight) * invstd  # γ a s
+        layout = _instance_layout(input, mean)
+        output = _instance_affine(input, layout, mean, gain, bias)
+        ctx.save_for_backward(
             input,
-            _channel_view(scale, ndim).to(input.dtype),
+            weight,
+            weight_readjust,
+            mean,
+            invstd,
+            instance_mean,
+            gate,
+            gain,
+            *(layout if layout is not None else (None, None)),
         )
-        ctx.save_for_backward(input, gamma, weight_readjust, mean, invstd, instance_mean, gate)
         ctx.batch_stats = batch_stats
         return output
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, gamma, weight_readjust, mean, invstd, instance_mean, gate = ctx.saved_tensors
-        ndim = input.dim()
-        spatial = tuple(range(2, ndim))
-        size = input[0, 0].numel()
-        count = input.shape[0] * size
-        acc = mean.dtype
-        g = grad_output
-        if spatial:
-            sum_g = g.sum(dim=spatial, dtype=acc)
-            sum_gx = (g * input).sum(dim=spatial, dtype=acc)
-        else:
-            sum_g, sum_gx = g.to(acc), (g * input).to(acc)
-        sum_g_xhat = invstd * (sum_gx - mean * sum_g)  # sum_S(g x̂), (N, C)
-
-        grad_bias = sum_g.sum(0)
-        grad_weight = (gate * sum_g_xhat).sum(0)
-        grad_gate = gamma * sum_g_xhat
-        grad_logit = grad_gate * gate * (1.0 - gate)
-        grad_weight_readjust = (grad_logit * instance_mean).sum(0)
-        grad_bias_readjust = grad_logit.sum(0)
+        input, weight, weight_readjust, mean, invstd, instance_mean, gate, gain, *layout = (
+            ctx.saved_tensors
+        )
+        layout = None if layout[0] is None else tuple(layout)
+        need = ctx.needs_input_grad
+        count = input.numel() // input.shape[1]  # M
+        size = count // input.shape[0]  # |S|
+        sum_g, sum_g_xc = _instance_grad_sums(grad_output, input, layout, mean)
+        gate_sum_g_xhat = gate * (sum_g_xc * invstd)  # a·S_gx̂
+        grad_weight = gate_sum_g_xhat.sum(0)
+        grad_logit = torch.addcmul(gate_sum_g_xhat, gate_sum_g_xhat, gate, value=-1.0)
+        if weight is not None:
+            grad_logit = grad_logit * weight  # γ·S_gx̂·a(1 - a)
 
         grad_input = None
-        if ctx.needs_input_grad[0]:
-            scale = gamma * invstd * gate  # A
-            offset = grad_logit * weight_readjust / size  # through a[n, c]
-            slope = torch.zeros_like(invstd)
+        if need[0]:
             if ctx.batch_stats:
-                mean_G = (gamma * (gate * sum_g).sum(0)) / count
-                mean_G_xhat = grad_weight * gamma / count
-                slope = -invstd * invstd * mean_G_xhat
-                offset = offset - invstd * mean_G - slope * mean
-            grad_input = torch.addcmul(
-                _channel_view(offset, ndim).to(input.dtype),
-                input,
-                _channel_view(slope, ndim).to(input.dtype),
-            ).addcmul_(g, _channel_view(scale, ndim).to(input.dtype))
-        need = ctx.needs_input_grad
+                coef = (invstd if weight is None else weight * invstd) * (-1.0 / count)  # -γs/M
+                slope = coef * invstd * grad_weight  # k·s, the coefficient of x - μ
+                offset = coef * (gate * sum_g).sum(0)
+            else:
+                slope = offset = torch.zeros_like(mean)
+            offset = torch.addcmul(offset, grad_logit, weight_readjust, value=1.0 / size)  # b
+            grad_input = _instance_affine(input, layout, mean, slope, offset)
+            grad_input.addcmul_(grad_output, _channel_view(gain, input.dim()).to(input.dtype))
         return (
             grad_input,
             grad_weight if need[1] else None,
-            grad_bias if need[2] else None,
-            grad_weight_readjust if need[3] else None,
-            grad_bias_readjust if need[4] else None,
+            sum_g.sum(0) if need[2] else None,
+            (grad_logit * instance_mean).sum(0) if need[3] else None,
+            grad_logit.sum(0) if need[4] else None,
+            None,
             None,
             None,
             None,
@@ -436,24 +593,24 @@ def ie_batch_norm(
                 f"ie_batch_norm: {name} must have shape ({num_features},), got {tuple(t.shape)}"
             )
     if use_batch_stats:
-        mean, var = _batch_stats(input)
+        mean, var = _native_stats(input)
         if training and running_mean is not None and running_var is not None:
             with torch.no_grad():
                 count = input.numel() // num_features
-                _update_running(running_mean, mean, momentum)
-                _update_running(running_var, var * (count / (count - 1)), momentum)
+                unbiased = var * (count / (count - 1))
+                _update_running_stats(running_mean, running_var, mean, unbiased, momentum)
     else:
         dtype = _stats_dtype(input)
         mean, var = running_mean.to(dtype), running_var.to(dtype)
-    stats_dtype = mean.dtype
     return _IEBatchNormFunction.apply(
         input,
         weight,
         bias,
-        weight_readjust.to(stats_dtype),
-        bias_readjust.to(stats_dtype),
+        weight_readjust,
+        bias_readjust,
         mean,
         var,
+        _instance_mean(input),
         eps,
         use_batch_stats,
     )

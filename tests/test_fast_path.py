@@ -1,0 +1,273 @@
+"""The fast layers against the composite baselines of the benchmarks.
+
+Across dtypes, memory formats, 1d/2d/3d, ``affine=False``, ``track_running_stats=False``,
+``momentum=None``, CPU autocast and ``torch.compile``; and the benchmark scripts in quick mode.
+Outputs and gradients of a layer in ``dtype`` are compared with the composite baseline in float64
+on the same values, with the tolerance that ``nn.BatchNorm`` itself meets against float64
+(``test_tolerances_are_batch_norms``).
+"""
+
+import copy
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import augmentbn as ab
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+from _composite import CompositeAugmentBatchNorm, CompositeIEBatchNorm  # noqa: E402
+
+KINDS = ("gaussian_clip", "gaussian_reject", "uniform", "iebn")
+OURS = {
+    "nabn": {1: ab.AugmentBatchNorm1d, 2: ab.AugmentBatchNorm2d, 3: ab.AugmentBatchNorm3d},
+    "iebn": {1: ab.IEBatchNorm1d, 2: ab.IEBatchNorm2d, 3: ab.IEBatchNorm3d},
+}
+BATCH_NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+SHAPES = {"1d-2D": (9, 5), "1d": (4, 5, 7), 2: (4, 5, 6, 7), 3: (3, 5, 3, 4, 5)}
+C = 5
+# Largest |actual - float64| / max|float64| allowed, for outputs and every gradient.
+TOLERANCE = {torch.float32: 1e-6, torch.float16: 4e-3, torch.bfloat16: 1.6e-2}
+
+
+def _dims(key) -> int:
+    return 1 if isinstance(key, str) else key
+
+
+def make_pair(kind, dims, **kwargs):
+    """Our layer and the composite baseline, in float32, with the same random state."""
+    gen = torch.Generator().manual_seed(0)
+    if kind == "iebn":
+        ours, base = OURS["iebn"][dims](C, **kwargs), CompositeIEBatchNorm(C, **kwargs)
+    else:
+        ours = OURS["nabn"][dims](C, noise=kind, **kwargs)
+        base = CompositeAugmentBatchNorm(C, noise=kind, **kwargs)
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5 + (1.0 if name == "weight" else 0))
+    base.load_state_dict(ours.state_dict())
+    return ours, base
+
+
+def run(layer, x, grad, kind, mean_shift=None):
+    """Output and gradients (input, then parameters) of one call."""
+    x = x.detach().requires_grad_()
+    args = () if kind == "iebn" or not layer.training else (mean_shift,)
+    y = layer(x, *args)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    return [y, *torch.autograd.grad(y, [x, *params], grad)]
+
+
+def assert_close_as_batch_norm(actual, expected, dtype):
+    for a, e in zip(actual, expected, strict=True):
+        assert a.dtype == dtype or a.dtype == torch.float32  # float32 parameters under autocast
+        error = (a.double() - e).abs().max() / e.abs().max().clamp(min=1e-12)
+        assert error <= TOLERANCE[dtype], f"relative error {error:.2e} in {tuple(a.shape)}"
+
+
+def inputs(shape, dtype, seed=0, memory_format=torch.contiguous_format):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=gen) * 2 + 0.5).to(dtype)
+    grad = torch.randn(shape, generator=gen).to(dtype)
+    if len(shape) >= 4:
+        x, grad = x.contiguous(memory_format=memory_format), grad.contiguous()
+    return x, grad
+
+
+SHIFT = torch.tensor([0.2, -0.2, 0.07, 0.0, -0.13])
+
+
+def compare(kind, key, dtype, steps=2, memory_format=torch.contiguous_format, **kwargs):
+    """``steps`` training calls of ours (in ``dtype``) and of the float64 baseline."""
+    ours, base = make_pair(kind, _dims(key), **kwargs)
+    ours, base = ours.to(dtype), base.double()
+    for step in range(steps):
+        x, grad = inputs(SHAPES[key], dtype, seed=step, memory_format=memory_format)
+        shift = SHIFT * (step + 1)
+        got = run(ours, x, grad, kind, shift)
+        assert_close_as_batch_norm(got, run(base, x.double(), grad.double(), kind, shift), dtype)
+    if ours.track_running_stats:
+        for name in ("running_mean", "running_var"):
+            assert_close_as_batch_norm([getattr(ours, name)], [getattr(base, name)], dtype)
+        assert ours.num_batches_tracked == base.num_batches_tracked == steps
+    return ours, base
+
+
+# --- tolerances ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE))
+@pytest.mark.parametrize("key", list(SHAPES))
+def test_tolerances_are_batch_norms(key, dtype):
+    """nn.BatchNorm in ``dtype`` meets TOLERANCE against itself in float64: the bar we set."""
+    bn = BATCH_NORM[_dims(key)](C)
+    for step in range(2):
+        x, grad = inputs(SHAPES[key], dtype, seed=step)
+        got = run(bn.to(dtype), x, grad, "iebn")
+        expected = run(copy.deepcopy(bn).double(), x.double(), grad.double(), "iebn")
+        assert_close_as_batch_norm(got, expected, dtype)
+
+
+# --- the fast path equals the composite baseline ---------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("key", list(SHAPES))
+@pytest.mark.parametrize("kind", KINDS)
+def test_matches_composite(kind, key, dtype):
+    compare(kind, key, dtype)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_matches_composite_float16(kind):
+    compare(kind, 2, torch.float16)
+
+
+@pytest.mark.parametrize(
+    "key,memory_format", [(2, torch.channels_last), (3, torch.channels_last_3d)]
+)
+@pytest.mark.parametrize("kind", KINDS)
+def test_channels_last(kind, key, memory_format):
+    compare(kind, key, torch.float32, memory_format=memory_format)
+    ours, _ = make_pair(kind, key)
+    x = inputs(SHAPES[key], torch.float32, memory_format=memory_format)[0].requires_grad_()
+    y = ours(x)
+    y.backward(torch.ones_like(y))
+    assert y.is_contiguous(memory_format=memory_format)  # as nn.BatchNorm
+    assert x.grad.is_contiguous(memory_format=memory_format)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"affine": False}, {"momentum": None}, {"track_running_stats": False}],
+    ids=["affine-false", "momentum-none", "no-running-stats"],
+)
+@pytest.mark.parametrize("kind", KINDS)
+def test_options(kind, options):
+    ours, base = compare(kind, 2, torch.float32, steps=3, **options)
+    ours.eval(), base.eval()  # running statistics, or batch statistics without tracking
+    x, grad = inputs(SHAPES[2], torch.float32, seed=7)
+    assert_close_as_batch_norm(
+        run(ours, x, grad, kind), run(base, x.double(), grad.double(), kind), torch.float32
+    )
+
+
+def test_reject_with_clamped_variance_matches_composite():
+    # A constant channel: mean(x²) - μ'² = -δ(2μ + δ) < 0, so max(·, 0) is active there.
+    ours, base = make_pair("gaussian_reject", 2)
+    base.double()
+    x, grad = inputs(SHAPES[2], torch.float32)
+    x[:, 1] = 0.3
+    assert_close_as_batch_norm(
+        run(ours, x, grad, "gaussian_reject", SHIFT),
+        run(base, x.double(), grad.double(), "gaussian_reject", SHIFT),
+        torch.float32,
+    )
+
+
+class _Shifted(nn.Module):
+    """NABN with the fixed shift ``SHIFT``, for use inside ``nn.Sequential``."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x, SHIFT) if not isinstance(self.layer, IEBN_TYPES) else self.layer(x)
+
+
+IEBN_TYPES = (ab.IEBatchNorm2d, CompositeIEBatchNorm)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_in_place_op_on_the_output(kind):
+    ours, base = make_pair(kind, 2)
+    x, grad = inputs(SHAPES[2], torch.float32)
+    got = run(nn.Sequential(_Shifted(ours), nn.ReLU(inplace=True)), x, grad, "iebn")
+    expected = run(
+        nn.Sequential(_Shifted(base.double()), nn.ReLU()), x.double(), grad.double(), "iebn"
+    )
+    assert_close_as_batch_norm(got, expected, torch.float32)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_autocast_cpu_bfloat16(kind):
+    conv = nn.Conv2d(3, C, 3)
+    ours, base = make_pair(kind, 2)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(4, 3, 8, 9, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = conv(images)
+        bn_out = nn.BatchNorm2d(C)(features)
+        x = features.detach()
+        grad = torch.randn(x.shape, generator=gen).to(x.dtype)
+        got = run(ours, x, grad, kind, SHIFT)
+    assert x.dtype == torch.bfloat16 and got[0].dtype == bn_out.dtype
+    assert all(g.dtype == torch.float32 for g in got[2:])  # float32 parameters
+    expected = run(base.double(), x.double(), grad.double(), kind, SHIFT)
+    assert_close_as_batch_norm(got, expected, torch.bfloat16)
+    torch.testing.assert_close(ours.running_mean, base.running_mean.float())
+
+
+# --- torch.compile ---------------------------------------------------------------------------
+
+
+def _small_net():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        ab.AugmentBatchNorm2d(8),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(8, 8, 3, padding=1),
+        ab.AugmentBatchNorm2d(8, noise="gaussian_reject", momentum=None),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(8, 8, 3, padding=1),
+        ab.AugmentBatchNorm2d(8, noise="uniform", running_stats="clean"),
+        nn.Conv2d(8, 8, 3, padding=1),
+        ab.IEBatchNorm2d(8, momentum=None),
+        nn.ReLU(inplace=True),
+    )
+
+
+def test_compile_fullgraph_matches_eager(monkeypatch):
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)  # eager's random draws
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager = _small_net()
+    compiled_net = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_net, fullgraph=True)
+    x = torch.randn(4, 3, 8, 8)
+    for step in range(2):
+        outputs = []
+        for net in (eager, compiled):
+            torch.manual_seed(step)
+            y = net(x)
+            (y * y).sum().backward()
+            outputs.append(y)
+        torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+    for p, q in zip(eager.parameters(), compiled_net.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-4)
+    for b, c in zip(eager.buffers(), compiled_net.buffers(), strict=True):
+        torch.testing.assert_close(c, b, rtol=1e-5, atol=1e-6)
+    assert compiled_net[4].num_batches_tracked == 2  # momentum=None: a cumulative average
+    torch._dynamo.reset()
+
+
+# --- the benchmark scripts run -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", ["layers", "train_step"])
+def test_benchmark_script_quick(script, capsys):
+    spec = importlib.util.spec_from_file_location(f"_bench_{script}", BENCHMARKS / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--quick", "--device", "cpu"])
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert len(table) >= 5 and "× BN" in table[0]
+    assert "BatchNorm" in out or "BN" in out
