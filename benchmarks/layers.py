@@ -13,8 +13,10 @@ hooks), as a ratio to BatchNorm's.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from _common import interleaved_medians, machine_line, markdown_table, parse_args
@@ -101,6 +103,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(markdown_table(headers, rows))
     print()
     print(machine_line(args.device, args.repeats, args.clock))
+    if args.device == "cpu" and importlib.util.find_spec("jittor") is not None:
+        # The Jittor layers against Jittor's own BatchNorm (benchmarks/jittor_layers.py).
+        sys.path.insert(0, str(Path(__file__).parent))
+        import jittor_layers
+
+        print("\n## Jittor\n")
+        jittor_layers.main(["--quick"] if args.quick else [])
 
 
 if __name__ == "__main__":
