@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(markdown_table(headers, rows))
     print()
     print(machine_line(args.device, args.repeats, args.clock))
-    if args.device == "cpu" and importlib.util.find_spec("jittor") is not None:
+    if args.device.type == "cpu" and importlib.util.find_spec("jittor") is not None:
         # The Jittor layers against Jittor's own BatchNorm (benchmarks/jittor_layers.py).
         sys.path.insert(0, str(Path(__file__).parent))
         import jittor_layers
