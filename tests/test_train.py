@@ -1,6 +1,7 @@
 """The training engine: outputs, exact resume, evaluation, and its errors."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -44,6 +45,9 @@ def test_one_epoch_writes_every_output_and_eval_reproduces(tmp_path):
     for name in ("config.yaml", "log.csv", "curves.png", "metrics.json", "last.pt", "best.pt"):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.tmp"))  # atomic writes leave no temporaries
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "metrics.json").stat().st_mode & 0o777 == 0o666 & ~umask
     assert yaml.safe_load((out / "config.yaml").read_text())["norm"] == "nabn"
     log = (out / "log.csv").read_text().splitlines()
     assert log[0] == "epoch,lr,train_loss,train_acc,val_loss,val_acc,time" and len(log) == 2

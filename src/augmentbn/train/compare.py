@@ -245,6 +245,9 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: Path) -> None:
             label=norm,
         )
     ax.set_xscale("log", base=2)
+    sizes = sorted({r["batch_size"] for r in rows})
+    ax.set_xticks(sizes, labels=[str(s) for s in sizes])
+    ax.minorticks_off()
     ax.set(
         xlabel="batch size", ylabel="test accuracy", title="test accuracy (mean ± std over seeds)"
     )
