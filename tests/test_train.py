@@ -169,3 +169,11 @@ def test_mismatched_and_unreadable_checkpoints(tmp_path):
     truncated.write_bytes((tmp_path / "run/last.pt").read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         evaluate_checkpoint(truncated)
+
+
+@pytest.mark.parametrize("norm", ["nabn", "iebn"])
+def test_amp_and_channels_last_run(tmp_path, norm):
+    metrics = train(small_config(tmp_path, norm=norm, amp=True, channels_last=True))
+    assert 0.0 <= metrics["final"]["test"]["accuracy"] <= 1.0
+    state = load_checkpoint(tmp_path / "run/last.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
