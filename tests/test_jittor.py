@@ -6,6 +6,10 @@ operators on first use, so every Jittor test lives in this one module, where its
 
 import importlib
 import importlib.util
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -76,8 +80,9 @@ def _train_step(torch_layer, jittor_layer, x, grad_out, **kwargs):
     torch_kwargs = {k: torch.from_numpy(v) for k, v in kwargs.items()}
     ty = torch_layer(tx, **torch_kwargs)
     names = [n for n, _ in torch_layer.named_parameters()]
-    torch_grads = torch.autograd.grad((ty * torch.from_numpy(grad_out)).sum(),
-                                      [tx, *torch_layer.parameters()])
+    torch_grads = torch.autograd.grad(
+        (ty * torch.from_numpy(grad_out)).sum(), [tx, *torch_layer.parameters()]
+    )
     jx = _jt(x)
     jy = jittor_layer(jx, **{k: _jt(v) for k, v in kwargs.items()})
     params = [getattr(jittor_layer, n) for n in names]
@@ -165,10 +170,14 @@ def test_plain_batch_norm_matches_torch_nn():
 def test_untracked_statistics_and_affine_false():
     x, _ = _data(SHAPE[2])
     for tl, jl in (
-        (ab.AugmentBatchNorm2d(5, track_running_stats=False, affine=False),
-         abj.AugmentBatchNorm2d(5, track_running_stats=False, affine=False)),
-        (ab.IEBatchNorm2d(5, track_running_stats=False),
-         abj.IEBatchNorm2d(5, track_running_stats=False)),
+        (
+            ab.AugmentBatchNorm2d(5, track_running_stats=False, affine=False),
+            abj.AugmentBatchNorm2d(5, track_running_stats=False, affine=False),
+        ),
+        (
+            ab.IEBatchNorm2d(5, track_running_stats=False),
+            abj.IEBatchNorm2d(5, track_running_stats=False),
+        ),
     ):
         assert jl.running_mean is None and (jl.weight is None) == (tl.weight is None)
         tl.eval(), jl.eval()  # batch statistics, no noise
@@ -185,19 +194,42 @@ def test_functional_matches_pytorch_functional():
     t_rm, t_rv = torch.zeros(5), torch.ones(5)
     j_rm, j_rv = jt.zeros(5).stop_grad(), jt.ones(5).stop_grad()
     ty = ab.functional.augment_batch_norm(
-        torch.from_numpy(x), t_rm, t_rv, torch.from_numpy(weight), torch.from_numpy(bias), True,
-        noise="uniform", mean_shift=torch.from_numpy(shift))
+        torch.from_numpy(x),
+        t_rm,
+        t_rv,
+        torch.from_numpy(weight),
+        torch.from_numpy(bias),
+        True,
+        noise="uniform",
+        mean_shift=torch.from_numpy(shift),
+    )
     jy = AF.augment_batch_norm(
-        jt.array(x), j_rm, j_rv, jt.array(weight), jt.array(bias), True, noise="uniform",
-        mean_shift=jt.array(shift))
+        jt.array(x),
+        j_rm,
+        j_rv,
+        jt.array(weight),
+        jt.array(bias),
+        True,
+        noise="uniform",
+        mean_shift=jt.array(shift),
+    )
     assert_close(jy, ty)
     assert_close(j_rm, t_rm, what="running_mean")
     assert_close(j_rv, t_rv, what="running_var")
     ones, zeros = np.ones(5, np.float32), np.zeros(5, np.float32)
-    ty = ab.functional.ie_batch_norm(torch.from_numpy(x), None, None, None, None,
-                                     torch.from_numpy(ones), torch.from_numpy(zeros), True)
-    jy = AF.ie_batch_norm(jt.array(x), None, None, None, None, jt.array(ones), jt.array(zeros),
-                          True)
+    ty = ab.functional.ie_batch_norm(
+        torch.from_numpy(x),
+        None,
+        None,
+        None,
+        None,
+        torch.from_numpy(ones),
+        torch.from_numpy(zeros),
+        True,
+    )
+    jy = AF.ie_batch_norm(
+        jt.array(x), None, None, None, None, jt.array(ones), jt.array(zeros), True
+    )
     assert_close(jy, ty)
 
 
@@ -248,8 +280,11 @@ def test_seed_usage_example():
     num_features = 3
     bn = GauBatchNorm(num_features)
 
-    with pytest.raises(ValueError, match=r"GauBatchNorm: an input of shape \(3,\) is one "
-                                         r"unbatched sample.*jt.stack\(\[x, y\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"GauBatchNorm: an input of shape \(3,\) is one "
+        r"unbatched sample.*jt.stack\(\[x, y\]\)",
+    ):
         bn(x), bn(y)
 
     bn.is_train = False
@@ -267,13 +302,18 @@ def test_seed_usage_example():
 
 def test_gau_batch_norm_is_reject_nabn_matching_pytorch():
     jl = abj.GauBatchNorm(5)
-    assert (jl.noise, jl.theta, jl.running_stats, jl.sync) == ("gaussian_reject", 0.2,
-                                                               "perturbed", True)
+    assert (jl.noise, jl.theta, jl.running_stats, jl.sync) == (
+        "gaussian_reject",
+        0.2,
+        "perturbed",
+        True,
+    )
     tl = ab.AugmentBatchNorm2d(5, noise="gaussian_reject")
     _copy_params(tl, jl)
     x, grad_out = _data(SHAPE[2])
-    _assert_step_matches(tl, jl, x, grad_out, mean_shift=np.array([0.1, 0, -0.2, 0, 0.05],
-                                                                  np.float32))
+    _assert_step_matches(
+        tl, jl, x, grad_out, mean_shift=np.array([0.1, 0, -0.2, 0, 0.05], np.float32)
+    )
     with pytest.raises(ValueError, match=r"GauBatchNorm: expected an input of shape \(N, 5"):
         jl(jt.array([1.0, 2.0, 3.0]))
     assert not abj.GauBatchNorm(3, is_train=False).is_train
@@ -282,8 +322,10 @@ def test_gau_batch_norm_is_reject_nabn_matching_pytorch():
 # --- bad input ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", [abj.AugmentBatchNorm1d, abj.AugmentBatchNorm2d,
-                                 abj.AugmentBatchNorm3d, abj.IEBatchNorm2d])
+@pytest.mark.parametrize(
+    "cls",
+    [abj.AugmentBatchNorm1d, abj.AugmentBatchNorm2d, abj.AugmentBatchNorm3d, abj.IEBatchNorm2d],
+)
 def test_wrong_rank_raises(cls):
     layer = cls(5)
     with pytest.raises(ValueError, match=rf"{cls.__name__}: expected .*D input, got 6D"):
@@ -344,8 +386,15 @@ def test_nonfinite_input_keeps_running_stats_of_its_channels():
 
 def test_layer_state_reset_and_repr():
     layer = abj.IEBatchNorm2d(5)
-    assert list(layer.state_dict()) == ["weight", "bias", "running_mean", "running_var",
-                                        "num_batches_tracked", "weight_readjust", "bias_readjust"]
+    assert list(layer.state_dict()) == [
+        "weight",
+        "bias",
+        "running_mean",
+        "running_var",
+        "num_batches_tracked",
+        "weight_readjust",
+        "bias_readjust",
+    ]
     assert np.all(layer.bias_readjust.numpy() == -1) and np.all(layer.weight_readjust.numpy() == 0)
     assert layer.running_mean.is_stop_grad() and not layer.weight.is_stop_grad()
     layer(jt.array(_data(SHAPE[2])[0]))
@@ -371,8 +420,9 @@ def _randomize_norm_state(model):
                 value.copy_(torch.randn(value.shape, generator=gen) * 0.3)
 
 
-@pytest.mark.parametrize("name,norm", [("resnet20", "nabn"), ("resnet164", "iebn"),
-                                       ("unet", "nabn")])
+@pytest.mark.parametrize(
+    "name,norm", [("resnet20", "nabn"), ("resnet164", "iebn"), ("unet", "nabn")]
+)
 def test_models_mirror_pytorch_names_shapes_and_layers(name, norm):
     kwargs = {"model_kwargs": {"base_width": 4}} if name == "unet" else {}
     tm = create_torch_model(name, norm=norm, num_classes=10, **kwargs)
@@ -423,8 +473,11 @@ def test_conversion_errors_name_the_keys():
     jm = abj.create_model("resnet20", norm="bn", num_classes=10)
     state = create_torch_model("resnet20", norm="bn", num_classes=10).state_dict()
     state["extra.weight"] = state.pop("fc.bias")
-    with pytest.raises(KeyError, match=r"missing keys \['fc.bias'\].*unexpected keys "
-                                       r"\['extra.weight'\]"):
+    with pytest.raises(
+        KeyError,
+        match=r"missing keys \['fc.bias'\].*unexpected keys "
+        r"\['extra.weight'\]",
+    ):
         abj.from_torch_state_dict(jm, state)
     state = create_torch_model("resnet20", norm="bn", num_classes=7).state_dict()
     with pytest.raises(ValueError, match="'fc.bias' has shape"):
@@ -445,3 +498,69 @@ def test_resnet20_nabn_trains_a_step():
     assert np.isfinite(loss.item()) and not np.array_equal(model.fc.weight.numpy(), before)
     assert int(model.bn1.num_batches_tracked.item()) == 1
     assert model.bn1.running_mean.is_stop_grad()
+
+
+# --- distributed (MPI) ------------------------------------------------------------------------
+
+_MPI_SCRIPT = """
+import sys
+import numpy as np
+import augmentbn.jittor as abj
+import jittor as jt
+
+out = sys.argv[1]
+rank = jt.rank
+full = np.random.default_rng(123).normal(2.0, 3.0, size=(6, 4, 3, 3)).astype("float32")
+shard = jt.array(full[rank * 3:(rank + 1) * 3])
+# A different generator on each rank: the rule is that rank 0's draw is used everywhere.
+nabn = abj.AugmentBatchNorm2d(4, theta=0.5, noise="uniform",
+                              generator=np.random.default_rng(10 + rank))
+iebn = abj.IEBatchNorm2d(4)
+iebn.weight_readjust.assign(jt.array(np.linspace(-1, 1, 4).astype("float32")))
+results = {"nabn": nabn(shard).numpy(), "iebn": iebn(shard).numpy(), "in_mpi": jt.in_mpi}
+for name, layer in (("nabn", nabn), ("iebn", iebn)):
+    results[name + "_rm"] = layer.running_mean.numpy()
+    results[name + "_rv"] = layer.running_var.numpy()
+np.savez(f"{out}/rank{rank}.npz", **results)
+"""
+
+
+@pytest.mark.skipif(
+    shutil.which("mpirun") is None or shutil.which("mpicc") is None,
+    reason="MPI test needs mpirun and mpicc (Debian: openmpi-bin libopenmpi-dev)",
+)
+def test_mpi_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
+    script = tmp_path / "mpi_run.py"
+    script.write_text(_MPI_SCRIPT)
+    env = {**os.environ, "use_mkl": "0", "nvcc_path": "", "OMPI_MCA_rmaps_base_oversubscribe": "1"}
+    subprocess.run(
+        ["mpirun", "--allow-run-as-root", "-np", "2", sys.executable, str(script), str(tmp_path)],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in range(2)]
+    assert all(bool(r["in_mpi"]) for r in ranks)
+    full = np.random.default_rng(123).normal(2.0, 3.0, size=(6, 4, 3, 3)).astype("float32")
+    x = torch.from_numpy(full)
+    delta = AF.sample_mean_shift(
+        4, theta=0.5, noise="uniform", generator=np.random.default_rng(10)
+    ).numpy()
+    expected = {}
+    rm, rv = torch.zeros(4), torch.ones(4)
+    expected["nabn"] = ab.functional.augment_batch_norm(
+        x, rm, rv, training=True, theta=0.5, noise="uniform", mean_shift=torch.from_numpy(delta)
+    )
+    expected["nabn_rm"], expected["nabn_rv"] = rm, rv
+    rm, rv = torch.zeros(4), torch.ones(4)
+    expected["iebn"] = ab.functional.ie_batch_norm(
+        x, rm, rv, torch.ones(4), torch.zeros(4), torch.linspace(-1, 1, 4), -torch.ones(4), True
+    )
+    expected["iebn_rm"], expected["iebn_rv"] = rm, rv
+    for name in ("nabn", "iebn"):
+        got = np.concatenate([r[name] for r in ranks])
+        np.testing.assert_allclose(got, expected[name].numpy(), rtol=0, atol=1e-5)
+        for r in ranks:  # every process holds the statistics of the whole batch
+            np.testing.assert_allclose(r[name + "_rm"], expected[name + "_rm"].numpy(), atol=1e-6)
+            np.testing.assert_allclose(r[name + "_rv"], expected[name + "_rv"].numpy(), atol=1e-5)
