@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..layers.augment import _AugmentBatchNorm
+from ..layers import AugmentBatchNorm1d, AugmentBatchNorm2d, AugmentBatchNorm3d
 from .checkpoint import (
     CheckpointError,
     atomic_write,
@@ -39,6 +39,7 @@ from .report import write_curves, write_json, write_log
 
 __all__ = ["RunError", "Trainer", "evaluate_checkpoint", "train"]
 
+_NABN_LAYERS = (AugmentBatchNorm1d, AugmentBatchNorm2d, AugmentBatchNorm3d)
 OUTPUT_FILES = ("config.yaml", "log.csv", "curves.png", "metrics.json", "last.pt", "best.pt")
 
 
@@ -161,7 +162,7 @@ class Trainer:
             "noise": torch.Generator(device=device).manual_seed(config.seed + 2),
         }
         for layer in model.modules():
-            if isinstance(layer, _AugmentBatchNorm):
+            if isinstance(layer, _NABN_LAYERS):
                 layer.generator = generators["noise"]
         params = model.parameters()
         if config.optimizer == "sgd":
