@@ -149,6 +149,19 @@ def _update_running_stats(
         running.lerp_(torch.where(finite, value, running), weight)
 
 
+def _update_batch_norm_stats(
+    running_mean: Tensor,
+    running_var: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    input: Tensor,
+    momentum: float | Tensor,
+) -> None:
+    """``nn.BatchNorm``'s update: the batch mean and the unbiased variance ``σ²·M/(M - 1)``."""
+    count = input.numel() // input.shape[1]
+    _update_running_stats(running_mean, running_var, mean, var * (count / (count - 1)), momentum)
+
+
 # --------------------------------------------------------------------------------------------
 # Per-(n, c) work on native BatchNorm kernels (IEBN)
 # --------------------------------------------------------------------------------------------
@@ -463,9 +476,7 @@ def augment_batch_norm(
             if running_stats == "perturbed":
                 _update_running_stats(running_mean, running_var, shifted_mean, var_used, momentum)
             else:
-                count = input.numel() // num_features
-                unbiased = var * (count / (count - 1))
-                _update_running_stats(running_mean, running_var, mean, unbiased, momentum)
+                _update_batch_norm_stats(running_mean, running_var, mean, var, input, momentum)
     return output
 
 
@@ -596,9 +607,7 @@ def ie_batch_norm(
         mean, var = _native_stats(input)
         if training and running_mean is not None and running_var is not None:
             with torch.no_grad():
-                count = input.numel() // num_features
-                unbiased = var * (count / (count - 1))
-                _update_running_stats(running_mean, running_var, mean, unbiased, momentum)
+                _update_batch_norm_stats(running_mean, running_var, mean, var, input, momentum)
     else:
         dtype = _stats_dtype(input)
         mean, var = running_mean.to(dtype), running_var.to(dtype)
