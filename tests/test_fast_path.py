@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import augmentbn as ab
+import augmentbn.functional as AF
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -211,6 +212,92 @@ def test_autocast_cpu_bfloat16(kind):
     expected = run(base.double(), x.double(), grad.double(), kind, SHIFT)
     assert_close_as_batch_norm(got, expected, torch.bfloat16)
     torch.testing.assert_close(ours.running_mean, base.running_mean.float())
+
+
+# --- batch statistics from fused sums (contiguous float32 on the CPU) ------------------------
+
+
+def _float64_moments(x):
+    spatial = tuple(range(2, x.dim()))
+    var, mean = torch.var_mean(x.double(), dim=(0, *spatial), correction=0)
+    return mean, var, x.double().mean(dim=spatial)
+
+
+@pytest.mark.parametrize(
+    "size,row", [(60, 60), (2048, 2048), (3136, 1568), (8192, 2048), (4099, 4099), (8198, 8198)]
+)
+def test_sum_rows_divide_the_instances(size, row):
+    assert AF._sum_row_length(size) == row  # 4099 is prime; 8198 = 2·4099 has no useful divisor
+
+
+@pytest.mark.parametrize(
+    "shape", [(8, 16, 32, 32), (4, 8, 56, 56), (2, 4, 8, 32, 32), (2, 3, 4099)]
+)
+@pytest.mark.parametrize("offset", [0.0, 1.5])
+def test_moments_from_sums_match_float64(shape, offset):
+    gen = torch.Generator().manual_seed(0)
+    scale = torch.rand(shape[1], *(1,) * (len(shape) - 2), generator=gen) + 0.5
+    x = torch.randn(shape, generator=gen) * scale + offset * scale  # E[x²]/σ² up to 3.25
+    moments = AF._moments_from_sums(x)
+    assert moments is not None and all(m.dtype == torch.float32 for m in moments)
+    mean, var, instance_mean = moments
+    ref_mean, ref_var, ref_instance_mean = _float64_moments(x)
+    std = ref_var.sqrt()
+    assert ((var.double() - ref_var) / ref_var).abs().max() <= 1e-6
+    assert ((mean.double() - ref_mean) / std).abs().max() <= 1e-6
+    assert ((instance_mean.double() - ref_instance_mean) / std).abs().max() <= 1e-6
+
+
+def test_moments_from_sums_decline_what_they_cannot_do_accurately():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 16, 32, 32, generator=gen)
+    x[:, 3] += 10.0  # E[x²]/σ² = 101 on one channel
+    assert AF._moments_from_sums(x) is None
+    mean, var, instance_mean = AF._batch_moments(x)  # BatchNorm's own kernel instead
+    ref_mean, ref_var, _ = _float64_moments(x)
+    assert instance_mean is None
+    assert ((var.double() - ref_var) / ref_var).abs().max() <= 1e-6
+    assert ((mean.double() - ref_mean) / ref_var.sqrt()).abs().max() <= 1e-6
+    for value in (0.0, float("nan"), float("inf")):  # 0/0, NaN, inf/inf
+        y = torch.randn(8, 16, 32, 32, generator=gen)
+        y[:, 5] = value
+        assert AF._moments_from_sums(y) is None
+
+
+class _Counter:
+    """Counts calls of a private statistics function, delegating to it."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.fn(*args)
+
+
+@pytest.mark.parametrize("offset,path", [(0.5, "sums"), (8.0, "native")])
+@pytest.mark.parametrize("kind", KINDS)
+def test_layers_on_the_sums_path_match_composite(kind, offset, path, monkeypatch):
+    native = _Counter(AF._native_stats)
+    monkeypatch.setattr(AF, "_native_stats", native)
+    ours, base = make_pair(kind, 2)
+    base.double()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(8, C, 64, 64, generator=gen) * 2 + offset  # 163,840 values
+    grad = torch.randn(x.shape, generator=gen)
+    for _ in range(2):
+        got = run(ours, x, grad, kind, SHIFT)
+        expected = run(base, x.double(), grad.double(), kind, SHIFT)
+        # The output and input gradient to TOLERANCE. The parameter gradients sum over 32,768
+        # values per channel in float32: nn.BatchNorm2d's own weight gradient is off by 6e-7
+        # on this input at offset 8, IEBN's (whose terms carry the gate) by up to 2.6e-6,
+        # whichever kernel computed the statistics.
+        assert_close_as_batch_norm(got[:2], expected[:2], torch.float32)
+        for a, e in zip(got[2:], expected[2:], strict=True):
+            assert (a.double() - e).abs().max() <= 4 * TOLERANCE[torch.float32] * e.abs().max()
+    assert native.calls == (0 if path == "sums" else 2)
+    for name in ("running_mean", "running_var"):
+        assert_close_as_batch_norm([getattr(ours, name)], [getattr(base, name)], torch.float32)
 
 
 # --- torch.compile ---------------------------------------------------------------------------
