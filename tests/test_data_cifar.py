@@ -47,10 +47,22 @@ def write_cifar10(root: Path) -> Path:
     for k in range(1, 6):
         _dump(_batch(k, PER_BATCH, 10, "labels"), folder / f"data_batch_{k}")
     _dump(_batch(0, PER_BATCH, 10, "labels"), folder / "test_batch")
-    names = ["airplane", "automobile", "bird", "cat", "deer",
-             "dog", "frog", "horse", "ship", "truck"]
-    _dump({"num_cases_per_batch": PER_BATCH, "label_names": names, "num_vis": 3072},
-          folder / "batches.meta")
+    names = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
+    _dump(
+        {"num_cases_per_batch": PER_BATCH, "label_names": names, "num_vis": 3072},
+        folder / "batches.meta",
+    )
     return folder
 
 
@@ -61,8 +73,13 @@ def write_cifar100(root: Path) -> Path:
         entry = _batch(seed, n, 100, "fine_labels")
         entry["coarse_labels"] = [k // 5 for k in entry["fine_labels"]]
         _dump(entry, folder / name)
-    _dump({"fine_label_names": [f"fine{k:02d}" for k in range(100)],
-           "coarse_label_names": [f"coarse{k:02d}" for k in range(20)]}, folder / "meta")
+    _dump(
+        {
+            "fine_label_names": [f"fine{k:02d}" for k in range(100)],
+            "coarse_label_names": [f"coarse{k:02d}" for k in range(20)],
+        },
+        folder / "meta",
+    )
     return folder
 
 
@@ -122,8 +139,14 @@ def test_missing_files_show_the_layout_and_the_download_hint(tmp_path):
     with pytest.raises(DatasetNotFoundError) as err:
         build_dataset("cifar10", tmp_path / "nowhere", "train")
     message = str(err.value)
-    for text in ("cifar-10-batches-py/", "data_batch_5", "test_batch", "batches.meta",
-                 "--download", "download=True"):
+    for text in (
+        "cifar-10-batches-py/",
+        "data_batch_5",
+        "test_batch",
+        "batches.meta",
+        "--download",
+        "download=True",
+    ):
         assert text in message
     folder = write_cifar10(tmp_path)
     (folder / "data_batch_3").unlink()
@@ -137,10 +160,14 @@ def test_missing_files_show_the_layout_and_the_download_hint(tmp_path):
     [
         (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "truncated"),
         (lambda p: p.write_bytes(b"not a pickle at all"), "truncated or corrupt"),
-        (lambda p: _dump({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}, p),
-         "N×3072 uint8"),
-        (lambda p: _dump({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}, p),
-         "labels must lie in 0..9"),
+        (
+            lambda p: _dump({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}, p),
+            "N×3072 uint8",
+        ),
+        (
+            lambda p: _dump({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}, p),
+            "labels must lie in 0..9",
+        ),
         (lambda p: _dump([1, 2, 3], p), "not a CIFAR dict"),
     ],
 )

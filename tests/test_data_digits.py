@@ -43,7 +43,12 @@ def test_upscaled_items_info_and_normalization():
     train = build_dataset("digits", image_size=32)
     info = train.info
     assert (info.name, info.task, info.num_classes, info.in_chans, info.image_size) == (
-        "digits", "classification", 10, 1, 32)
+        "digits",
+        "classification",
+        10,
+        1,
+        32,
+    )
     assert info.class_names == tuple("0123456789")
     assert train.augment and train.augmentation.padding == 4 and not train.augmentation.hflip
     test = build_dataset("digits", split="test", image_size=32)
@@ -84,8 +89,13 @@ def test_stratified_split_properties_and_errors():
     parts = stratified_split(labels, (0.5, 0.3, 0.2), seed=0)
     assert sorted(np.concatenate(parts).tolist()) == list(range(18))
     assert [np.bincount(labels[p], minlength=3).tolist() for p in parts] == [
-        [5, 4, 1], [3, 2, 0], [2, 1, 0]]
-    assert all(np.array_equal(a, b) for a, b in
-               zip(parts, stratified_split(labels, (0.5, 0.3, 0.2), seed=0), strict=True))
+        [5, 4, 1],
+        [3, 2, 0],
+        [2, 1, 0],
+    ]
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(parts, stratified_split(labels, (0.5, 0.3, 0.2), seed=0), strict=True)
+    )
     with pytest.raises(ValueError, match="sum to 1"):
         stratified_split(labels, (0.5, 0.4), seed=0)

@@ -64,7 +64,10 @@ def test_color_images_give_three_channels_by_default(tmp_path):
     ds = build_dataset("imagefolder", root, "test", image_size=8)
     assert ds.info.in_chans == 3 and ds[0][0].shape == (3, 8, 8)
     assert build_dataset("imagefolder", root, "test", image_size=8, in_chans=1)[0][0].shape == (
-        1, 8, 8)
+        1,
+        8,
+        8,
+    )
 
 
 def test_missing_val_gives_a_seeded_stratified_split_and_its_record(tmp_path):

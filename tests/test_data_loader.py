@@ -26,7 +26,13 @@ SIZE, PAD = 8, 2
 
 def _info(chans: int = 2, size: int = SIZE, task: str = "classification", classes: int = 3):
     return DatasetInfo(
-        "toy", task, classes, chans, size, (0.0,) * chans, (1.0,) * chans,
+        "toy",
+        task,
+        classes,
+        chans,
+        size,
+        (0.0,) * chans,
+        (1.0,) * chans,
         tuple(map(str, range(classes))),
     )
 
@@ -86,8 +92,7 @@ def test_fast_path_draws_the_torchvision_distribution(spec):
     dataset = _copies(n, spec)
     torch.manual_seed(0)
     reference = [
-        _decode(dataset.transform(dataset.load(0)[0], augment=True), spec.padding)
-        for _ in range(n)
+        _decode(dataset.transform(dataset.load(0)[0], augment=True), spec.padding) for _ in range(n)
     ]
     loader = build_loader(
         dataset, 500, train=True, fast=True, generator=torch.Generator().manual_seed(0)
@@ -116,8 +121,16 @@ def _epoch(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def _toy_uint8(n: int = 23, classes: int = 3) -> TensorImageDataset:
     gen = torch.Generator().manual_seed(3)
     images = torch.randint(256, (n, 3, SIZE, SIZE), dtype=torch.uint8, generator=gen)
-    info = DatasetInfo("toy", "classification", classes, 3, SIZE, (0.4, 0.5, 0.6),
-                       (0.2, 0.25, 0.3), tuple(map(str, range(classes))))
+    info = DatasetInfo(
+        "toy",
+        "classification",
+        classes,
+        3,
+        SIZE,
+        (0.4, 0.5, 0.6),
+        (0.2, 0.25, 0.3),
+        tuple(map(str, range(classes))),
+    )
     labels = torch.arange(n) % classes
     return TensorImageDataset(images, labels, info, "train", CropFlip(PAD, hflip=True), True)
 
@@ -142,12 +155,22 @@ def test_eval_loader_keeps_order_and_equals_dataset_items(fast):
 @pytest.mark.parametrize("augmentation", [None, CropFlip(PAD, hflip=True, vflip=True)])
 def test_uint8_store_converts_each_chunk_like_the_float_store(augmentation):
     dataset = _toy_uint8()
-    common = dict(batch_size=4, shuffle=augmentation is not None, augmentation=augmentation,
-                  mean=dataset.info.mean, std=dataset.info.std)
+    common = dict(
+        batch_size=4,
+        shuffle=augmentation is not None,
+        augmentation=augmentation,
+        mean=dataset.info.mean,
+        std=dataset.info.std,
+    )
     epochs = []
     for max_bytes in (2**30, 0):
-        loader = TensorBatchLoader(dataset.images, dataset.targets, float_store_max_bytes=max_bytes,
-                                   generator=torch.Generator().manual_seed(0), **common)
+        loader = TensorBatchLoader(
+            dataset.images,
+            dataset.targets,
+            float_store_max_bytes=max_bytes,
+            generator=torch.Generator().manual_seed(0),
+            **common,
+        )
         assert loader._store.dtype == (torch.uint8 if max_bytes == 0 else torch.float32)
         epochs.append(torch.cat([x for x, _ in loader]))
     torch.testing.assert_close(epochs[1], epochs[0])
@@ -163,8 +186,10 @@ def test_training_epoch_is_a_permutation_and_resumes_from_generator_state(fast):
     second = _epoch(loader)
     gen.set_state(state)
     again = _epoch(loader)
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-               for a, b in zip(second, again, strict=True))
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        for a, b in zip(second, again, strict=True)
+    )
     assert not torch.equal(first[0][0], second[0][0])
     labels = torch.cat([y for _, y in first])
     assert sorted(labels.tolist()) == sorted(dataset.targets.tolist())
@@ -177,8 +202,16 @@ def test_training_epoch_is_a_permutation_and_resumes_from_generator_state(fast):
 def test_dataloader_path_does_not_depend_on_worker_processes():
     dataset = _toy_uint8()
     runs = [
-        _epoch(build_loader(dataset, 4, train=True, fast=False, num_workers=workers,
-                            generator=torch.Generator().manual_seed(5)))
+        _epoch(
+            build_loader(
+                dataset,
+                4,
+                train=True,
+                fast=False,
+                num_workers=workers,
+                generator=torch.Generator().manual_seed(5),
+            )
+        )
         for workers in (0, 2)
     ]
     for (x0, y0), (x2, y2) in zip(*runs, strict=True):
@@ -196,8 +229,10 @@ def test_train_without_dataset_augmentation_only_shuffles():
     assert torch.equal(labels, dataset.targets[order])
 
 
-@pytest.mark.parametrize(("n", "batch", "train", "expected"),
-                         [(9, 4, True, 2), (9, 4, False, 3), (9, 3, True, 3), (10, 4, True, 3)])
+@pytest.mark.parametrize(
+    ("n", "batch", "train", "expected"),
+    [(9, 4, True, 2), (9, 4, False, 3), (9, 3, True, 3), (10, 4, True, 3)],
+)
 def test_default_drop_last_drops_only_a_single_image_training_batch(n, batch, train, expected):
     dataset = _toy_uint8(n)
     for fast in (True, False):
@@ -208,8 +243,9 @@ def test_default_drop_last_drops_only_a_single_image_training_batch(n, batch, tr
 
 def test_multi_label_targets_are_float_multi_hot():
     targets = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]], dtype=torch.uint8)
-    dataset = TensorImageDataset(torch.rand(4, 1, SIZE, SIZE), targets,
-                                 _info(1, task="multi-label"), "val")
+    dataset = TensorImageDataset(
+        torch.rand(4, 1, SIZE, SIZE), targets, _info(1, task="multi-label"), "val"
+    )
     assert dataset[0][1].dtype == torch.float32 and dataset[0][1].tolist() == [1.0, 0.0, 1.0]
     for fast in (True, False):
         _, labels = next(iter(build_loader(dataset, 4, train=False, fast=fast)))

@@ -36,7 +36,8 @@ def write_npz(root: Path, flag: str, size: int = 28, seed: int = 0) -> Path:
         shape = (n, size, size) if chans == 1 else (n, size, size, 3)
         arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
         arrays[f"{split}_labels"] = (
-            rng.integers(0, 2, (n, classes), dtype=np.uint8) if multi
+            rng.integers(0, 2, (n, classes), dtype=np.uint8)
+            if multi
             else (np.arange(n) % classes).astype(np.uint8)[:, None]
         )
     path = root / (f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz")
@@ -53,7 +54,11 @@ def test_grayscale_dataset_items_and_info(tmp_path):
         assert len(ds) == n and ds.augment == (split == "train")
     info = ds.info
     assert (info.task, info.num_classes, info.in_chans, info.image_size) == (
-        "classification", 4, 1, 28)
+        "classification",
+        4,
+        1,
+        28,
+    )
     assert info.class_names == tuple(INFO["octmnist"]["label"][str(k)] for k in range(4))
     assert info.mean == (0.5,) and info.std == (0.5,)
     image, label = ds[3]
@@ -106,14 +111,23 @@ def test_missing_file_shows_the_layout_and_the_download_hint(tmp_path):
     [
         (lambda p: p.write_bytes(p.read_bytes()[:300]), "truncated or corrupt"),
         (lambda p: p.write_bytes(b"\x00" * 64), "truncated or corrupt"),
-        (lambda p: np.savez(p, train_images=np.zeros((2, 28, 28), np.uint8)),
-         "lacks train_labels"),
-        (lambda p: np.savez(p, train_images=np.zeros((2, 28, 28), np.uint8),
-                            train_labels=np.array([[0], [7]], np.uint8)),
-         r"labels must lie in 0..3"),
-        (lambda p: np.savez(p, train_images=np.zeros((2, 32, 32), np.uint8),
-                            train_labels=np.zeros((2, 1), np.uint8)),
-         "N×28×28 uint8"),
+        (lambda p: np.savez(p, train_images=np.zeros((2, 28, 28), np.uint8)), "lacks train_labels"),
+        (
+            lambda p: np.savez(
+                p,
+                train_images=np.zeros((2, 28, 28), np.uint8),
+                train_labels=np.array([[0], [7]], np.uint8),
+            ),
+            r"labels must lie in 0..3",
+        ),
+        (
+            lambda p: np.savez(
+                p,
+                train_images=np.zeros((2, 32, 32), np.uint8),
+                train_labels=np.zeros((2, 1), np.uint8),
+            ),
+            "N×28×28 uint8",
+        ),
     ],
 )
 def test_corrupt_npz_is_named(tmp_path, damage, match):
@@ -133,7 +147,7 @@ def test_damaged_member_inside_the_archive_is_named(tmp_path):
     with zipfile.ZipFile(path) as archive:
         member = archive.getinfo("train_images.npy")
     start = member.header_offset + 30 + len(member.filename) + 10
-    data[start:start + 20] = bytes(20)  # flip bytes of the compressed stream
+    data[start : start + 20] = bytes(20)  # flip bytes of the compressed stream
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptFileError) as err:
         build_dataset("breastmnist", tmp_path, "train")

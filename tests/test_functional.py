@@ -203,9 +203,7 @@ def test_iebn_gradcheck(training, shape):
 
     def fn(x, weight, bias, w_r, b_r):
         running = (None, None) if training else (rm, rv)
-        return AF.ie_batch_norm(
-            x, *running, weight, bias, w_r, b_r, training
-        )
+        return AF.ie_batch_norm(x, *running, weight, bias, w_r, b_r, training)
 
     assert torch.autograd.gradcheck(fn, params)
 

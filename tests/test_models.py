@@ -55,19 +55,24 @@ def test_list_models_covers_both_papers_2d_and_3d():
 def test_every_model_with_every_norm_runs_forward_and_backward(name, norm):
     torch.manual_seed(0)
     shape, model_kwargs = INPUTS[name]
-    model = create_model(name, norm=norm, num_classes=NUM_CLASSES, in_chans=shape[1],
-                         model_kwargs=model_kwargs)
+    model = create_model(
+        name, norm=norm, num_classes=NUM_CLASSES, in_chans=shape[1], model_kwargs=model_kwargs
+    )
     x = torch.randn(shape)
     out = model(x)
-    expected = (shape[0], NUM_CLASSES, *shape[2:]) if name in SEGMENTATION else (shape[0],
-                                                                                  NUM_CLASSES)
+    expected = (
+        (shape[0], NUM_CLASSES, *shape[2:]) if name in SEGMENTATION else (shape[0], NUM_CLASSES)
+    )
     assert out.shape == expected
     out.square().mean().backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
     norm_types = {
-        "bn": PLAIN_BN, "nabn": NABN, "iebn": IEBN,
-        "gn": (nn.GroupNorm,), "in": (nn.InstanceNorm2d, nn.InstanceNorm3d),
+        "bn": PLAIN_BN,
+        "nabn": NABN,
+        "iebn": IEBN,
+        "gn": (nn.GroupNorm,),
+        "in": (nn.InstanceNorm2d, nn.InstanceNorm3d),
     }[norm]
     assert of_type(model, norm_types), f"{name} has no {norm} layer"
     if norm in ("gn", "in"):
@@ -104,8 +109,12 @@ def _unet_params(c: int, k: int, w: int, kernel: int) -> int:
 
     encoder = double(c, w) + double(w, 2 * w) + double(2 * w, 4 * w) + double(4 * w, 8 * w)
     encoder += double(8 * w, 8 * w)
-    decoder = (double(16 * w, 4 * w, 8 * w) + double(8 * w, 2 * w, 4 * w)
-               + double(4 * w, w, 2 * w) + double(2 * w, w, w))
+    decoder = (
+        double(16 * w, 4 * w, 8 * w)
+        + double(8 * w, 2 * w, 4 * w)
+        + double(4 * w, w, 2 * w)
+        + double(2 * w, w, w)
+    )
     return encoder + decoder + w * k + k
 
 
@@ -124,8 +133,9 @@ def test_unet_keeps_sizes_that_are_not_multiples_of_16(shape):
 
 
 def test_unet_with_transposed_convolutions():
-    model = create_model("unet", num_classes=2, in_chans=1,
-                         model_kwargs={"base_width": 4, "upsampling": "transpose"})
+    model = create_model(
+        "unet", num_classes=2, in_chans=1, model_kwargs={"base_width": 4, "upsampling": "transpose"}
+    )
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 2, 32, 32)
 
 
@@ -139,8 +149,9 @@ def _cifar_bn_counts(depth: int, bottleneck: bool) -> tuple[int, int, int]:
     return 1 + per_block * blocks + shortcuts, blocks, shortcuts
 
 
-@pytest.mark.parametrize(("name", "depth", "bottleneck"),
-                         [("resnet20", 20, False), ("resnet164", 164, True)])
+@pytest.mark.parametrize(
+    ("name", "depth", "bottleneck"), [("resnet20", 20, False), ("resnet164", 164, True)]
+)
 def test_paper_placement_counts(name, depth, bottleneck):
     total, blocks, shortcuts = _cifar_bn_counts(depth, bottleneck)
     # DESIGN.md 1.1: NABN at the stem BN, the last BN of every block and every shortcut BN.
@@ -184,8 +195,9 @@ def test_torchvision_resnet50_state_dict_loads(norm):
     model = create_model("resnet50", norm=norm, num_classes=1000)
     result = model.load_state_dict(state, strict=False)
     assert result.unexpected_keys == []
-    assert all(k.rsplit(".", 1)[1] in ("weight_readjust", "bias_readjust")
-               for k in result.missing_keys)
+    assert all(
+        k.rsplit(".", 1)[1] in ("weight_readjust", "bias_readjust") for k in result.missing_keys
+    )
     # torchvision's ResNet-50: 53 BNs = stem + 16 bottlenecks × 3 + 4 shortcuts.
     replaced = of_type(model, NABN if norm == "nabn" else IEBN)
     assert len(replaced) == (1 + 16 + 4 if norm == "nabn" else 53 - 4)
@@ -202,8 +214,9 @@ def test_norm_kwargs_reach_the_layers():
     model = create_model("resnet20", norm="gn", num_classes=10, num_groups=4)
     assert all(m.num_groups == 4 for m in of_type(model, (nn.GroupNorm,)).values())
     model = create_model("resnet20", norm=IEBatchNorm2d, num_classes=10, eps=1e-3)
-    assert len(of_type(model, IEBN)) == 21 and all(m.eps == 1e-3 for m in model.modules()
-                                                   if isinstance(m, IEBatchNorm2d))
+    assert len(of_type(model, IEBN)) == 21 and all(
+        m.eps == 1e-3 for m in model.modules() if isinstance(m, IEBatchNorm2d)
+    )
 
 
 def test_initialization_as_the_references():
@@ -240,8 +253,13 @@ def test_pretrained_stem_adapted_to_grayscale_keeps_the_response_to_gray_images(
 
 
 def test_unet_spatial_dims_as_a_model_argument():
-    model = create_model("unet", norm="in", num_classes=2, in_chans=1,
-                         model_kwargs={"base_width": 4, "spatial_dims": 3})
+    model = create_model(
+        "unet",
+        norm="in",
+        num_classes=2,
+        in_chans=1,
+        model_kwargs={"base_width": 4, "spatial_dims": 3},
+    )
     assert of_type(model, (nn.InstanceNorm3d,)) and not of_type(model, (nn.InstanceNorm2d,))
     assert model(torch.randn(1, 1, 16, 16, 32)).shape == (1, 2, 16, 16, 32)
 

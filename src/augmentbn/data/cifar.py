@@ -64,8 +64,9 @@ def _unpickle(path: Path) -> dict[str, Any]:
             entry = pickle.load(f, encoding="latin1")
     except Exception as err:
         raise CorruptFileError(
-            path, f"cannot be read as a CIFAR python pickle, it may be truncated or corrupt "
-            f"({type(err).__name__}: {err}); {REDOWNLOAD_HINT}"
+            path,
+            f"cannot be read as a CIFAR python pickle, it may be truncated or corrupt "
+            f"({type(err).__name__}: {err}); {REDOWNLOAD_HINT}",
         ) from err
     if not isinstance(entry, dict):
         raise CorruptFileError(path, f"holds a {type(entry).__name__}, not a CIFAR dict")
@@ -124,7 +125,12 @@ def build_cifar(
     needed = [folder / f for f in [*batches, cls.meta["filename"]]]
     if download and not all(p.is_file() for p in needed):
         fetch(
-            cls.url, root, cls.filename, cls.tgz_md5, dataset=name, extract=cls.base_folder,
+            cls.url,
+            root,
+            cls.filename,
+            cls.tgz_md5,
+            dataset=name,
+            extract=cls.base_folder,
             manual=f"unpack it in {root} (giving {folder}/)",
         )
     missing = [p.name for p in needed if not p.is_file()]
@@ -145,6 +151,10 @@ def build_cifar(
     mean, std = CIFAR_STATS[name]
     info = DatasetInfo(name, "classification", num_classes, 3, size, mean, std, class_names)
     return TensorImageDataset(
-        resize_images(torch.from_numpy(images), size), torch.from_numpy(labels), info, split,
-        CropFlip(padding=scaled_padding(size, 1 / 8), hflip=True), augment,
+        resize_images(torch.from_numpy(images), size),
+        torch.from_numpy(labels),
+        info,
+        split,
+        CropFlip(padding=scaled_padding(size, 1 / 8), hflip=True),
+        augment,
     )

@@ -72,7 +72,8 @@ def _scan(folder: Path) -> dict[str, list[Path]]:
     found = {}
     for cls in classes:
         files = sorted(
-            p for p in cls.iterdir()
+            p
+            for p in cls.iterdir()
             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
         )
         if not files:
@@ -155,15 +156,19 @@ class ImageFolderDataset(ImageDataset):
     def load(self, index: int) -> tuple[Tensor, int]:
         if self._to_tensor is None:
             v2 = import_optional(
-                "torchvision.transforms.v2", package="torchvision", extra="vision",
+                "torchvision.transforms.v2",
+                package="torchvision",
+                extra="vision",
                 purpose="imagefolder",
             )
             size = self.info.image_size
-            self._to_tensor = v2.Compose([
-                v2.Resize((size, size), antialias=True),
-                v2.PILToTensor(),
-                v2.ToDtype(torch.float32, scale=True),
-            ])
+            self._to_tensor = v2.Compose(
+                [
+                    v2.Resize((size, size), antialias=True),
+                    v2.PILToTensor(),
+                    v2.ToDtype(torch.float32, scale=True),
+                ]
+            )
         path = self.files[index]
         try:
             with _pil().open(path) as image:
@@ -262,7 +267,12 @@ def build_imagefolder(
     )
     spec = CropFlip(padding=scaled_padding(size, 1 / 16), hflip=hflip, vflip=vflip)
     dataset = ImageFolderDataset(
-        [p for p, _ in pairs], [k for _, k in pairs], info, split, spec, augment,
+        [p for p, _ in pairs],
+        [k for _, k in pairs],
+        info,
+        split,
+        spec,
+        augment,
         on_bad_image=on_bad_image,
     )
     dataset.split_record = record

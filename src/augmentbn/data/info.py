@@ -41,6 +41,4 @@ class DatasetInfo:
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
         if len(self.class_names) != self.num_classes:
-            raise ValueError(
-                f"{self.num_classes} classes but {len(self.class_names)} class names"
-            )
+            raise ValueError(f"{self.num_classes} classes but {len(self.class_names)} class names")

@@ -146,8 +146,13 @@ def build_loader(
         if fast:
             raise ValueError("fast=True needs a dataset from augmentbn.data.build_dataset")
         plain = DataLoader(
-            dataset, batch_size, shuffle=train, generator=generator, drop_last=drop_last,
-            num_workers=num_workers, pin_memory=device.type == "cuda",
+            dataset,
+            batch_size,
+            shuffle=train,
+            generator=generator,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
         )
         return DeviceLoader(plain, device)
 
@@ -166,10 +171,16 @@ def build_loader(
         nbytes *= dataset.augmentation.variants if augment else 1
         if fast or _fast_path_fits(nbytes, device):
             return TensorBatchLoader(
-                images, targets, batch_size=batch_size, shuffle=train,
+                images,
+                targets,
+                batch_size=batch_size,
+                shuffle=train,
                 augmentation=dataset.augmentation if augment else None,
-                mean=dataset.info.mean, std=dataset.info.std, device=device,
-                generator=generator, drop_last=drop_last,
+                mean=dataset.info.mean,
+                std=dataset.info.std,
+                device=device,
+                generator=generator,
+                drop_last=drop_last,
                 cache=getattr(dataset, "fast_cache", None),
             )
 
@@ -177,7 +188,10 @@ def build_loader(
         n, batch_size, shuffle=train, augment=augment, drop_last=drop_last, generator=generator
     )
     plain = DataLoader(
-        _SeededItems(dataset), batch_sampler=sampler, num_workers=num_workers,
-        pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+        _SeededItems(dataset),
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
     )
     return DeviceLoader(plain, device)

@@ -86,8 +86,9 @@ _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.Large
 
 def _corrupt(path: Path, err: Exception) -> CorruptFileError:
     return CorruptFileError(
-        path, f"cannot be read as a MedMNIST .npz, it may be truncated or corrupt "
-        f"({type(err).__name__}: {err}); {REDOWNLOAD_HINT}"
+        path,
+        f"cannot be read as a MedMNIST .npz, it may be truncated or corrupt "
+        f"({type(err).__name__}: {err}); {REDOWNLOAD_HINT}",
     )
 
 
@@ -106,8 +107,9 @@ def _read_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
             if missing:
                 held = ", ".join(npz.files) or "nothing"
                 raise CorruptFileError(
-                    path, f"lacks {', '.join(missing)} (holds {held}); a MedMNIST file has "
-                    f"{_KEYS}: {REDOWNLOAD_HINT}"
+                    path,
+                    f"lacks {', '.join(missing)} (holds {held}); a MedMNIST file has "
+                    f"{_KEYS}: {REDOWNLOAD_HINT}",
                 )
             try:
                 return npz[keys[0]], npz[keys[1]]
@@ -115,20 +117,29 @@ def _read_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
                 raise _corrupt(path, err) from err
 
 
-def _check(path: Path, split: str, images: np.ndarray, labels: np.ndarray, info: dict[str, Any],
-           size: int, multi_label: bool) -> None:
+def _check(
+    path: Path,
+    split: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    info: dict[str, Any],
+    size: int,
+    multi_label: bool,
+) -> None:
     chans = info["n_channels"]
     shape = (size, size) if chans == 1 else (size, size, 3)
     if images.dtype != np.uint8 or images.shape[1:] != shape:
         raise CorruptFileError(
-            path, f"{split}_images must be N×{'×'.join(map(str, shape))} uint8, "
-            f"got {images.shape} {images.dtype}"
+            path,
+            f"{split}_images must be N×{'×'.join(map(str, shape))} uint8, "
+            f"got {images.shape} {images.dtype}",
         )
     width = len(info["label"]) if multi_label else 1
     if labels.shape != (len(images), width):
         raise CorruptFileError(
-            path, f"{split}_labels must be {len(images)}×{width} for {len(images)} images, "
-            f"got {labels.shape}"
+            path,
+            f"{split}_labels must be {len(images)}×{width} for {len(images)} images, "
+            f"got {labels.shape}",
         )
     top = 1 if multi_label else len(info["label"]) - 1
     if labels.size and (labels.min() < 0 or labels.max() > top):
@@ -160,7 +171,11 @@ def build_medmnist(
     path = root / f"{name}{suffix}.npz"
     if download and not path.is_file():
         fetch(
-            info[f"url{suffix}"], root, path.name, info[f"MD5{suffix}"], dataset=path.name,
+            info[f"url{suffix}"],
+            root,
+            path.name,
+            info[f"MD5{suffix}"],
+            dataset=path.name,
             manual=f"put it at {path}",
         )
     if not path.is_file():

@@ -41,8 +41,13 @@ class _Store(NamedTuple):
 
 
 def _prepare(
-    images: Tensor, targets: Tensor, augmentation: CropFlip | None, mean: Sequence[float],
-    std: Sequence[float], device: torch.device, float_store_max_bytes: int,
+    images: Tensor,
+    targets: Tensor,
+    augmentation: CropFlip | None,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+    float_store_max_bytes: int,
 ) -> _Store:
     """Move to ``device``, pad and flip (when augmenting) and normalize (or keep ``uint8``)."""
     x = images.to(device)
@@ -107,8 +112,15 @@ class TensorBatchLoader:
 
         self._count = len(images)
         key = (
-            str(self.device), self.augmentation, tuple(mean), tuple(std), float_store_max_bytes,
-            images.data_ptr(), images._version, targets.data_ptr(), targets._version,
+            str(self.device),
+            self.augmentation,
+            tuple(mean),
+            tuple(std),
+            float_store_max_bytes,
+            images.data_ptr(),
+            images._version,
+            targets.data_ptr(),
+            targets._version,
         )
         store = cache.get(key) if cache is not None else None
         if store is None:

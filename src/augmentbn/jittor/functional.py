@@ -125,8 +125,9 @@ def _update_clean(
     """``torch.nn.BatchNorm``'s update: the batch mean and the unbiased variance."""
     mean, sq_mean, count = moments
     unbiased = var * count / (count - 1)
-    _update_running_stats(running_mean, running_var, mean, unbiased, momentum,
-                          _finite(mean, sq_mean))
+    _update_running_stats(
+        running_mean, running_var, mean, unbiased, momentum, _finite(mean, sq_mean)
+    )
 
 
 def _finite(mean: jt.Var, sq_mean: jt.Var) -> jt.Var:
@@ -303,8 +304,9 @@ def augment_batch_norm(
     output = _normalize(input, shifted_mean, var_used, weight, bias, eps)
 
     if running_mean is not None and running_stats == "perturbed":
-        _update_running_stats(running_mean, running_var, shifted_mean, var_used, momentum,
-                              _finite(mean, sq_mean))
+        _update_running_stats(
+            running_mean, running_var, shifted_mean, var_used, momentum, _finite(mean, sq_mean)
+        )
     elif running_mean is not None:
         _update_clean(running_mean, running_var, moments, var, momentum)
     return output
@@ -375,8 +377,7 @@ def ie_batch_norm(
     for name, value in (("weight_readjust", weight_readjust), ("bias_readjust", bias_readjust)):
         if tuple(value.shape) != (num_features,):
             raise ValueError(
-                f"ie_batch_norm: {name} must have shape ({num_features},), got "
-                f"{tuple(value.shape)}"
+                f"ie_batch_norm: {name} must have shape ({num_features},), got {tuple(value.shape)}"
             )
     spatial = list(range(2, input.ndim))
     instance_mean = input.mean(spatial) if spatial else input  # mean_S(x), (N, C)

@@ -141,8 +141,17 @@ class _BatchNorm(_NormBase):
     def execute(self, input: jt.Var) -> jt.Var:
         momentum = self._prepare(input)
         running_mean, running_var = self._running_stats()
-        return batch_norm(input, running_mean, running_var, self.weight, self.bias,
-                          self.is_train, momentum, self.eps, sync=self.sync)
+        return batch_norm(
+            input,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            self.is_train,
+            momentum,
+            self.eps,
+            sync=self.sync,
+        )
 
 
 class _AugmentBatchNorm(_NormBase):
@@ -192,8 +201,9 @@ class _AugmentBatchNorm(_NormBase):
                 f"{name}: generator must be None or a numpy.random.Generator, got "
                 f"{type(generator).__name__}"
             )
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype=dtype,
-                         sync=sync)
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, dtype=dtype, sync=sync
+        )
         self.theta = theta
         self.noise = noise
         self.noise_std = noise_std
@@ -205,9 +215,20 @@ class _AugmentBatchNorm(_NormBase):
         momentum = self._prepare(input, mean_shift)
         running_mean, running_var = self._running_stats()
         return augment_batch_norm(
-            input, running_mean, running_var, self.weight, self.bias, self.is_train, momentum,
-            self.eps, theta=self.theta, noise=self.noise, noise_std=self.noise_std,
-            running_stats=self.running_stats, mean_shift=mean_shift, generator=self._generator,
+            input,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            self.is_train,
+            momentum,
+            self.eps,
+            theta=self.theta,
+            noise=self.noise,
+            noise_std=self.noise_std,
+            running_stats=self.running_stats,
+            mean_shift=mean_shift,
+            generator=self._generator,
             sync=self.sync,
         )
 
@@ -237,8 +258,9 @@ class _IEBatchNorm(_NormBase):
         dtype: Any = None,
         sync: bool = True,
     ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype=dtype,
-                         sync=sync)
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, dtype=dtype, sync=sync
+        )
         self.weight_readjust = _constant(num_features, self._dtype, 0.0)
         self.bias_readjust = _constant(num_features, self._dtype, -1.0)
 
@@ -251,8 +273,17 @@ class _IEBatchNorm(_NormBase):
         momentum = self._prepare(input)
         running_mean, running_var = self._running_stats()
         return ie_batch_norm(
-            input, running_mean, running_var, self.weight, self.bias, self.weight_readjust,
-            self.bias_readjust, self.is_train, momentum, self.eps, sync=self.sync,
+            input,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            self.weight_readjust,
+            self.bias_readjust,
+            self.is_train,
+            momentum,
+            self.eps,
+            sync=self.sync,
         )
 
 
@@ -339,8 +370,17 @@ class GauBatchNorm(_AugmentBatchNorm):
         is_train: bool = True,
         sync: bool = True,
     ) -> None:
-        super().__init__(num_features, eps, momentum, affine, True, theta=theta,
-                         noise="gaussian_reject", running_stats="perturbed", sync=sync)
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            True,
+            theta=theta,
+            noise="gaussian_reject",
+            running_stats="perturbed",
+            sync=sync,
+        )
         self.is_train = is_train
 
     def execute(self, input: jt.Var, mean_shift: jt.Var | None = None) -> jt.Var:

@@ -95,8 +95,9 @@ def create_model(
 
     key = norm.lower() if isinstance(norm, str) else None
     if key in _CONVERTED_NORMS:
-        model = entry.builder(num_classes=num_classes, in_chans=in_chans, norm_layer=None,
-                              **model_kwargs)
+        model = entry.builder(
+            num_classes=num_classes, in_chans=in_chans, norm_layer=None, **model_kwargs
+        )
         return convert_norm(model, key, placement=placement or "paper", **norm_kwargs)
     if placement == "paper":
         raise ValueError(
@@ -104,5 +105,6 @@ def create_model(
             "use placement=None or 'all'"
         )
     norm_layer = get_norm_layer(norm, spatial_dims=spatial_dims, **norm_kwargs)
-    return entry.builder(num_classes=num_classes, in_chans=in_chans, norm_layer=norm_layer,
-                         **model_kwargs)
+    return entry.builder(
+        num_classes=num_classes, in_chans=in_chans, norm_layer=norm_layer, **model_kwargs
+    )

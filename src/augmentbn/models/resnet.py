@@ -40,8 +40,16 @@ def _adapt_stem(conv: nn.Conv2d, in_chans: int, pretrained: bool) -> nn.Conv2d:
     filter divided by ``in_chans`` on every channel, so an image whose channels are all equal
     gets the pretrained model's response to the same gray image.
     """
-    new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
+    new = nn.Conv2d(
+        in_chans,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        bias=conv.bias is not None,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
     init_conv_weights(new)
     if pretrained:
         with torch.no_grad():
@@ -52,12 +60,23 @@ def _adapt_stem(conv: nn.Conv2d, in_chans: int, pretrained: bool) -> nn.Conv2d:
     return new
 
 
-def _build(arch: str, *, num_classes: int, in_chans: int, norm_layer: NormLayer | None,
-           weights: Any = None, **kwargs: Any) -> nn.Module:
+def _build(
+    arch: str,
+    *,
+    num_classes: int,
+    in_chans: int,
+    norm_layer: NormLayer | None,
+    weights: Any = None,
+    **kwargs: Any,
+) -> nn.Module:
     pretrained = weights is not None
     builder = getattr(_torchvision_models(), arch)
-    model = builder(weights=weights, norm_layer=norm_layer,
-                    num_classes=_IMAGENET_CLASSES if pretrained else num_classes, **kwargs)
+    model = builder(
+        weights=weights,
+        norm_layer=norm_layer,
+        num_classes=_IMAGENET_CLASSES if pretrained else num_classes,
+        **kwargs,
+    )
     if in_chans != model.conv1.in_channels:
         model.conv1 = _adapt_stem(model.conv1, in_chans, pretrained)
     if num_classes != model.fc.out_features:
@@ -66,14 +85,22 @@ def _build(arch: str, *, num_classes: int, in_chans: int, norm_layer: NormLayer 
 
 
 def _register(arch: str, description: str) -> None:
-    def builder(*, num_classes: int = _IMAGENET_CLASSES, in_chans: int = 3,
-                norm_layer: NormLayer | None = None, **kwargs: Any) -> nn.Module:
-        return _build(arch, num_classes=num_classes, in_chans=in_chans, norm_layer=norm_layer,
-                      **kwargs)
+    def builder(
+        *,
+        num_classes: int = _IMAGENET_CLASSES,
+        in_chans: int = 3,
+        norm_layer: NormLayer | None = None,
+        **kwargs: Any,
+    ) -> nn.Module:
+        return _build(
+            arch, num_classes=num_classes, in_chans=in_chans, norm_layer=norm_layer, **kwargs
+        )
 
     builder.__name__ = builder.__qualname__ = arch
-    builder.__doc__ = (f"torchvision {description}; ``kwargs`` (e.g. ``weights``) reach "
-                       f"``torchvision.models.{arch}``.")
+    builder.__doc__ = (
+        f"torchvision {description}; ``kwargs`` (e.g. ``weights``) reach "
+        f"``torchvision.models.{arch}``."
+    )
     register_model()(builder)
 
 

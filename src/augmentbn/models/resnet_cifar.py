@@ -34,9 +34,17 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, *, norm_layer: NormLayer,
-                 groups: int = 1, base_width: int = 64) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        norm_layer: NormLayer,
+        groups: int = 1,
+        base_width: int = 64,
+    ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ValueError("BasicBlock supports only groups=1 and base_width=64")
@@ -63,9 +71,17 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, *, norm_layer: NormLayer,
-                 groups: int = 1, base_width: int = 64) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        norm_layer: NormLayer,
+        groups: int = 1,
+        base_width: int = 64,
+    ) -> None:
         super().__init__()
         width = int(planes * base_width / 64) * groups
         self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
@@ -105,10 +121,19 @@ class CifarResNet(nn.Module):
         norm_layer: ``num_features -> nn.Module``; default ``nn.BatchNorm2d``.
     """
 
-    def __init__(self, block: Block, layers: Sequence[int], *, num_classes: int = 10,
-                 in_chans: int = 3, widths: Sequence[int] = (16, 32, 64),
-                 stem_width: int | None = None, groups: int = 1, base_width: int = 64,
-                 norm_layer: NormLayer | None = None) -> None:
+    def __init__(
+        self,
+        block: Block,
+        layers: Sequence[int],
+        *,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        widths: Sequence[int] = (16, 32, 64),
+        stem_width: int | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        norm_layer: NormLayer | None = None,
+    ) -> None:
         super().__init__()
         if len(layers) != 3 or len(widths) != 3:
             raise ValueError(f"a CIFAR ResNet has 3 stages; got layers={layers}, widths={widths}")
@@ -126,8 +151,16 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(self.inplanes, num_classes)
         init_conv_weights(self)
 
-    def _make_stage(self, block: Block, planes: int, blocks: int, stride: int,
-                    norm_layer: NormLayer, groups: int, base_width: int) -> nn.Sequential:
+    def _make_stage(
+        self,
+        block: Block,
+        planes: int,
+        blocks: int,
+        stride: int,
+        norm_layer: NormLayer,
+        groups: int,
+        base_width: int,
+    ) -> nn.Sequential:
         out_planes = planes * block.expansion
         downsample = None
         if stride != 1 or self.inplanes != out_planes:
@@ -155,8 +188,14 @@ _BLOCKS: dict[str, tuple[Block, int, str]] = {
 }
 
 
-def resnet_cifar(depth: int = 20, block: str = "basic", *, num_classes: int = 10, in_chans: int = 3,
-                 norm_layer: NormLayer | None = None) -> CifarResNet:
+def resnet_cifar(
+    depth: int = 20,
+    block: str = "basic",
+    *,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    norm_layer: NormLayer | None = None,
+) -> CifarResNet:
     """CIFAR ResNet of any valid depth: ``6n + 2`` with basic blocks, ``9n + 2`` with bottlenecks.
 
     ``n`` blocks per stage, widths 16/32/64.
@@ -169,15 +208,18 @@ def resnet_cifar(depth: int = 20, block: str = "basic", *, num_classes: int = 10
         raise ValueError(
             f"depth must be {per_block}n+2 for {block} blocks, e.g. {examples}; got {depth}"
         )
-    return CifarResNet(block_type, (n, n, n), num_classes=num_classes, in_chans=in_chans,
-                       norm_layer=norm_layer)
+    return CifarResNet(
+        block_type, (n, n, n), num_classes=num_classes, in_chans=in_chans, norm_layer=norm_layer
+    )
 
 
 def _register_depth(depth: int, block: str) -> None:
-    def builder(*, num_classes: int = 10, in_chans: int = 3,
-                norm_layer: NormLayer | None = None) -> CifarResNet:
-        return resnet_cifar(depth, block, num_classes=num_classes, in_chans=in_chans,
-                            norm_layer=norm_layer)
+    def builder(
+        *, num_classes: int = 10, in_chans: int = 3, norm_layer: NormLayer | None = None
+    ) -> CifarResNet:
+        return resnet_cifar(
+            depth, block, num_classes=num_classes, in_chans=in_chans, norm_layer=norm_layer
+        )
 
     builder.__name__ = builder.__qualname__ = f"resnet{depth}"
     builder.__doc__ = f"CIFAR ResNet-{depth} ({block} blocks)."

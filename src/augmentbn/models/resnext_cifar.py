@@ -15,21 +15,37 @@ from .resnet_cifar import Bottleneck, CifarResNet, NormLayer
 __all__ = ["resnext29_8x64d", "resnext_cifar"]
 
 
-def resnext_cifar(depth: int = 29, cardinality: int = 8, base_width: int = 64, *,
-                  num_classes: int = 10, in_chans: int = 3,
-                  norm_layer: NormLayer | None = None) -> CifarResNet:
+def resnext_cifar(
+    depth: int = 29,
+    cardinality: int = 8,
+    base_width: int = 64,
+    *,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    norm_layer: NormLayer | None = None,
+) -> CifarResNet:
     """CIFAR ResNeXt of depth ``9n + 2`` with ``cardinality`` groups of ``base_width`` channels."""
     n, rest = divmod(depth - 2, 9)
     if n < 1 or rest:
         raise ValueError(f"depth must be 9n+2 for a CIFAR ResNeXt, e.g. 29; got {depth}")
-    return CifarResNet(Bottleneck, (n, n, n), num_classes=num_classes, in_chans=in_chans,
-                       widths=(64, 128, 256), stem_width=64, groups=cardinality,
-                       base_width=base_width, norm_layer=norm_layer)
+    return CifarResNet(
+        Bottleneck,
+        (n, n, n),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        widths=(64, 128, 256),
+        stem_width=64,
+        groups=cardinality,
+        base_width=base_width,
+        norm_layer=norm_layer,
+    )
 
 
 @register_model()
-def resnext29_8x64d(*, num_classes: int = 10, in_chans: int = 3,
-                    norm_layer: NormLayer | None = None) -> CifarResNet:
+def resnext29_8x64d(
+    *, num_classes: int = 10, in_chans: int = 3, norm_layer: NormLayer | None = None
+) -> CifarResNet:
     """ResNeXt-29 (8×64d) for CIFAR."""
-    return resnext_cifar(29, 8, 64, num_classes=num_classes, in_chans=in_chans,
-                         norm_layer=norm_layer)
+    return resnext_cifar(
+        29, 8, 64, num_classes=num_classes, in_chans=in_chans, norm_layer=norm_layer
+    )

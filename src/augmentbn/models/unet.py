@@ -31,7 +31,6 @@ __all__ = ["DoubleConv", "UNet"]
 NormLayer = Callable[[int], nn.Module]
 
 
-
 class _Ops(NamedTuple):
     conv: type[nn.Module]
     conv_transpose: type[nn.Module]
@@ -56,8 +55,15 @@ def _layers(spatial_dims: int) -> _Ops:
 class DoubleConv(nn.Module):
     """``relu(bn2(conv2(relu(bn1(conv1(x))))))`` with 3×3 (×3) convolutions."""
 
-    def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None, *,
-                 spatial_dims: int = 2, norm_layer: NormLayer) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        mid_channels: int | None = None,
+        *,
+        spatial_dims: int = 2,
+        norm_layer: NormLayer,
+    ) -> None:
         super().__init__()
         conv = _layers(spatial_dims).conv
         mid_channels = mid_channels or out_channels
@@ -79,12 +85,14 @@ register_block(DoubleConv, last=("bn1", "bn2"))
 class Down(nn.Module):
     """Max-pool by 2, then a double convolution."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, spatial_dims: int,
-                 norm_layer: NormLayer) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, *, spatial_dims: int, norm_layer: NormLayer
+    ) -> None:
         super().__init__()
         self.pool = _layers(spatial_dims).max_pool(2)
-        self.conv = DoubleConv(in_channels, out_channels, spatial_dims=spatial_dims,
-                               norm_layer=norm_layer)
+        self.conv = DoubleConv(
+            in_channels, out_channels, spatial_dims=spatial_dims, norm_layer=norm_layer
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.pool(x))
@@ -98,19 +106,28 @@ class Up(nn.Module):
     convolution.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, spatial_dims: int,
-                 upsampling: str, norm_layer: NormLayer) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        spatial_dims: int,
+        upsampling: str,
+        norm_layer: NormLayer,
+    ) -> None:
         super().__init__()
         ops = _layers(spatial_dims)
         if upsampling == "interpolate":
-            self.up: nn.Module = nn.Upsample(scale_factor=2, mode=ops.interpolation,
-                                             align_corners=False)
+            self.up: nn.Module = nn.Upsample(
+                scale_factor=2, mode=ops.interpolation, align_corners=False
+            )
             mid = in_channels // 2
         else:
             self.up = ops.conv_transpose(in_channels, in_channels // 2, 2, stride=2)
             mid = None
-        self.conv = DoubleConv(in_channels, out_channels, mid, spatial_dims=spatial_dims,
-                               norm_layer=norm_layer)
+        self.conv = DoubleConv(
+            in_channels, out_channels, mid, spatial_dims=spatial_dims, norm_layer=norm_layer
+        )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
@@ -136,9 +153,16 @@ class UNet(nn.Module):
         norm_layer: ``num_features -> nn.Module``; default BatchNorm of ``spatial_dims``.
     """
 
-    def __init__(self, in_chans: int = 1, num_classes: int = 2, *, base_width: int = 64,
-                 spatial_dims: int = 2, upsampling: str = "interpolate",
-                 norm_layer: NormLayer | None = None) -> None:
+    def __init__(
+        self,
+        in_chans: int = 1,
+        num_classes: int = 2,
+        *,
+        base_width: int = 64,
+        spatial_dims: int = 2,
+        upsampling: str = "interpolate",
+        norm_layer: NormLayer | None = None,
+    ) -> None:
         super().__init__()
         if upsampling not in _UPSAMPLING:
             raise ValueError(f"upsampling must be one of {_UPSAMPLING}, got {upsampling!r}")
@@ -172,14 +196,16 @@ class UNet(nn.Module):
 
 
 @register_model(spatial_dims=2)
-def unet(*, num_classes: int = 2, in_chans: int = 1, norm_layer: NormLayer | None = None,
-         **kwargs: Any) -> UNet:
+def unet(
+    *, num_classes: int = 2, in_chans: int = 1, norm_layer: NormLayer | None = None, **kwargs: Any
+) -> UNet:
     """2D U-Net (bilinear upsampling); ``kwargs``: ``base_width``, ``spatial_dims``, ..."""
     return UNet(in_chans, num_classes, norm_layer=norm_layer, **kwargs)
 
 
 @register_model(spatial_dims=3)
-def unet3d(*, num_classes: int = 2, in_chans: int = 1, norm_layer: NormLayer | None = None,
-           **kwargs: Any) -> UNet:
+def unet3d(
+    *, num_classes: int = 2, in_chans: int = 1, norm_layer: NormLayer | None = None, **kwargs: Any
+) -> UNet:
     """3D U-Net (trilinear upsampling, 3d layers); ``kwargs``: ``base_width``, ..."""
     return UNet(in_chans, num_classes, spatial_dims=3, norm_layer=norm_layer, **kwargs)

@@ -65,5 +65,6 @@ def create_model(
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
     norms = NormPlan(norm, placement, 2, **norm_kwargs)
-    return _MODELS[name](num_classes=num_classes, in_chans=in_chans, norms=norms,
-                         **dict(model_kwargs or {}))
+    return _MODELS[name](
+        num_classes=num_classes, in_chans=in_chans, norms=norms, **dict(model_kwargs or {})
+    )

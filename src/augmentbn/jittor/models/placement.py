@@ -41,8 +41,13 @@ class NormPlan:
             plain BatchNorm sites get the defaults, as ``convert_norm`` leaves them.
     """
 
-    def __init__(self, norm: str = "bn", placement: str | None = None, spatial_dims: int = 2,
-                 **norm_kwargs: Any) -> None:
+    def __init__(
+        self,
+        norm: str = "bn",
+        placement: str | None = None,
+        spatial_dims: int = 2,
+        **norm_kwargs: Any,
+    ) -> None:
         key = _ALIASES.get(norm.lower(), norm.lower())
         if placement is not None and placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS} or None, got {placement!r}")

@@ -39,8 +39,15 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, *, norms: NormPlan) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        norms: NormPlan,
+    ) -> None:
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
         self.bn1 = norms("inner", planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
@@ -60,8 +67,15 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, *, norms: NormPlan) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        norms: NormPlan,
+    ) -> None:
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = norms("inner", planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
@@ -93,9 +107,16 @@ class CifarResNet(nn.Module):
         norms: the :class:`NormPlan` of the network (default: plain BatchNorm).
     """
 
-    def __init__(self, block: Block, layers: Sequence[int], *, num_classes: int = 10,
-                 in_chans: int = 3, widths: Sequence[int] = (16, 32, 64),
-                 norms: NormPlan | None = None) -> None:
+    def __init__(
+        self,
+        block: Block,
+        layers: Sequence[int],
+        *,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        widths: Sequence[int] = (16, 32, 64),
+        norms: NormPlan | None = None,
+    ) -> None:
         if len(layers) != 3 or len(widths) != 3:
             raise ValueError(f"a CIFAR ResNet has 3 stages; got layers={layers}, widths={widths}")
         norms = norms or NormPlan("bn")
@@ -111,8 +132,9 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(self.inplanes, num_classes)
         init_conv_weights(self)
 
-    def _make_stage(self, block: Block, planes: int, blocks: int, stride: int,
-                    norms: NormPlan) -> nn.Sequential:
+    def _make_stage(
+        self, block: Block, planes: int, blocks: int, stride: int, norms: NormPlan
+    ) -> nn.Sequential:
         out_planes = planes * block.expansion
         downsample = None
         if stride != 1 or self.inplanes != out_planes:
@@ -137,8 +159,14 @@ _BLOCKS: dict[str, tuple[Block, int, str]] = {
 }
 
 
-def resnet_cifar(depth: int, block: str = "basic", *, num_classes: int = 10, in_chans: int = 3,
-                 norms: NormPlan | None = None) -> CifarResNet:
+def resnet_cifar(
+    depth: int,
+    block: str = "basic",
+    *,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    norms: NormPlan | None = None,
+) -> CifarResNet:
     """CIFAR ResNet of depth ``6n + 2`` (basic blocks) or ``9n + 2`` (bottlenecks)."""
     if block not in _BLOCKS:
         raise ValueError(f"block must be one of {tuple(_BLOCKS)}, got {block!r}")
@@ -148,5 +176,6 @@ def resnet_cifar(depth: int, block: str = "basic", *, num_classes: int = 10, in_
         raise ValueError(
             f"depth must be {per_block}n+2 for {block} blocks, e.g. {examples}; got {depth}"
         )
-    return CifarResNet(block_type, (n, n, n), num_classes=num_classes, in_chans=in_chans,
-                       norms=norms)
+    return CifarResNet(
+        block_type, (n, n, n), num_classes=num_classes, in_chans=in_chans, norms=norms
+    )

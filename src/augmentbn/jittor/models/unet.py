@@ -25,8 +25,14 @@ _UPSAMPLING = ("interpolate", "transpose")
 class DoubleConv(nn.Module):
     """``relu(bn2(conv2(relu(bn1(conv1(x))))))`` with 3×3 convolutions."""
 
-    def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None, *,
-                 norms: NormPlan) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        mid_channels: int | None = None,
+        *,
+        norms: NormPlan,
+    ) -> None:
         mid_channels = mid_channels or out_channels
         self.conv1 = nn.Conv2d(in_channels, mid_channels, 3, padding=1, bias=False)
         self.bn1 = norms("last", mid_channels)
@@ -54,15 +60,17 @@ class Upsample2x(nn.Module):
     """Bilinear upsampling by 2 (``align_corners=False``, as ``torch.nn.Upsample``)."""
 
     def execute(self, x: jt.Var) -> jt.Var:
-        return nn.interpolate(x, size=(2 * x.shape[2], 2 * x.shape[3]), mode="bilinear",
-                              align_corners=False)
+        return nn.interpolate(
+            x, size=(2 * x.shape[2], 2 * x.shape[3]), mode="bilinear", align_corners=False
+        )
 
 
 class Up(nn.Module):
     """Upsample by 2, pad to the skip connection, concatenate ``[skip, x]``, double convolution."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, upsampling: str,
-                 norms: NormPlan) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, *, upsampling: str, norms: NormPlan
+    ) -> None:
         if upsampling == "interpolate":
             self.up: nn.Module = Upsample2x()
             mid = in_channels // 2
@@ -93,8 +101,15 @@ class UNet(nn.Module):
         norms: the :class:`NormPlan` (default: plain BatchNorm).
     """
 
-    def __init__(self, in_chans: int = 1, num_classes: int = 2, *, base_width: int = 64,
-                 upsampling: str = "interpolate", norms: NormPlan | None = None) -> None:
+    def __init__(
+        self,
+        in_chans: int = 1,
+        num_classes: int = 2,
+        *,
+        base_width: int = 64,
+        upsampling: str = "interpolate",
+        norms: NormPlan | None = None,
+    ) -> None:
         if upsampling not in _UPSAMPLING:
             raise ValueError(f"upsampling must be one of {_UPSAMPLING}, got {upsampling!r}")
         opts = {"norms": norms or NormPlan("bn")}
