@@ -146,8 +146,11 @@ def _sum_row_length(size: int) -> int:
     return row if row * 8 >= _SUMS_MAX_ROW else size
 
 
-def _moments_from_sums(input: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
-    """Mean, biased variance and per-instance means from per-row sums of ``x`` and ``x²``.
+def _moments_from_sums(
+    input: Tensor, instance_means: bool = True
+) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    """Mean, biased variance and (with ``instance_means``, else ``None``) per-instance means
+    from per-row sums of ``x`` and ``x²``.
 
     On the CPU, PyTorch's BatchNorm statistics kernel runs well below memory bandwidth: for a
     contiguous float32 input, one fused pass that sums ``x`` and ``x²`` per row (eval-mode
@@ -178,14 +181,15 @@ def _moments_from_sums(input: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
     if not torch.amax(mean_sq / var).item() <= _SUMS_MAX_RATIO:  # NaN (0/0, inf/inf) declines
         return None
     dtype = input.dtype
-    return mean.to(dtype), var.to(dtype), instance_sums[0].div_(size).to(dtype)
+    instance_mean = instance_sums[0].div_(size).to(dtype) if instance_means else None
+    return mean.to(dtype), var.to(dtype), instance_mean
 
 
 def _batch_moments(
     input: Tensor, instance_means: bool = False
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per-channel batch mean and biased variance, in the statistics dtype, and the per-instance
-    means ``mean_S(x)`` of shape ``(N, C)`` where they came with them (else ``None``).
+    means ``mean_S(x)`` of shape ``(N, C)`` when asked for and they came with them (else ``None``).
 
     Contiguous float32 CPU input of at least ``_SUMS_MIN_NUMEL`` values (or
     ``_SUMS_MIN_NUMEL_WITH_INSTANCE_MEANS``, when the caller needs ``instance_means``) outside
@@ -202,7 +206,7 @@ def _batch_moments(
         and input.is_contiguous()
         and not torch.compiler.is_compiling()
     ):
-        moments = _moments_from_sums(input)
+        moments = _moments_from_sums(input, instance_means)
         if moments is not None:
             return moments
     return (*_native_stats(input), None)
