@@ -8,6 +8,9 @@ from reference import iebn_reference, nabn_reference
 
 from augmentbn import functional as AF
 
+# Every test here runs on both implementations: the compiled CPU operators and PyTorch's.
+pytestmark = pytest.mark.usefixtures("implementation")
+
 NOISES = AF.NOISE_TYPES
 SHAPES = [(6, 4), (5, 4, 7), (4, 4, 3, 5), (3, 4, 2, 3, 4)]  # 1d (2D and 3D input), 2d, 3d
 

@@ -1,0 +1,135 @@
+"""The compiled CPU operators (``augmentbn/csrc/cpu_ops.cpp``): building, when the layers take
+them, the fallback, and the accuracy of their statistics.
+
+Their results are held to the references and to the PyTorch implementation by the tests of
+``test_functional.py`` and ``test_fast_path.py``, which run on both implementations.
+"""
+
+import copy
+import shutil
+import warnings
+
+import pytest
+import torch
+
+import augmentbn as ab
+import augmentbn.functional as AF
+from augmentbn import _cpu_ops
+
+HAS_COMPILER = any(shutil.which(cc) for cc in ("c++", "g++", "clang++"))
+needs_ops = pytest.mark.skipif(
+    not HAS_COMPILER, reason="no C++ compiler: the PyTorch implementation is the only one"
+)
+
+
+@needs_ops
+def test_they_build_where_a_compiler_is():
+    assert _cpu_ops.available()
+    assert hasattr(torch.ops.augmentbn, "augment_batch_norm_train")
+    assert hasattr(torch.ops.augmentbn, "ie_batch_norm")
+
+
+@needs_ops
+def test_usable_for_contiguous_float_cpu_tensors_of_one_dtype():
+    x = torch.randn(4, 3, 5, 5)
+    w = torch.ones(3)
+    assert _cpu_ops.usable(x, w, None)
+    assert _cpu_ops.usable(x.double(), w.double())
+    assert not _cpu_ops.usable(x.bfloat16(), w)
+    assert not _cpu_ops.usable(x.half(), w)
+    assert not _cpu_ops.usable(x.contiguous(memory_format=torch.channels_last), w)
+    assert not _cpu_ops.usable(x.transpose(2, 3), w)
+    assert not _cpu_ops.usable(x, w.double())  # parameters of another dtype
+    assert not _cpu_ops.usable(torch.nn.Parameter(x), w)  # a Tensor subclass
+
+
+def _refuse_python_statistics(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the PyTorch implementation ran")
+
+    for name in ("_batch_moments", "_instance_mean"):
+        monkeypatch.setattr(AF, name, refuse)
+
+
+@needs_ops
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        ab.AugmentBatchNorm2d(3),
+        ab.AugmentBatchNorm2d(3, noise="gaussian_reject"),
+        ab.AugmentBatchNorm2d(3, noise="uniform", running_stats="clean", momentum=None),
+        ab.IEBatchNorm2d(3),
+        ab.IEBatchNorm2d(3, affine=False, track_running_stats=False),
+    ],
+    ids=["clip", "reject", "uniform-clean-cumulative", "iebn", "iebn-bare"],
+)
+def test_layers_take_them_on_contiguous_cpu_input(layer, dtype, monkeypatch):
+    _refuse_python_statistics(monkeypatch)
+    layer = copy.deepcopy(layer).to(dtype)
+    x = torch.randn(4, 3, 5, 5, dtype=dtype, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@needs_ops
+@pytest.mark.parametrize(
+    "make_input",
+    [
+        lambda: torch.randn(4, 3, 5, 5).contiguous(memory_format=torch.channels_last),
+        lambda: torch.randn(4, 3, 5, 5, dtype=torch.bfloat16),
+    ],
+    ids=["channels_last", "bfloat16"],
+)
+def test_other_inputs_take_the_pytorch_implementation(make_input, monkeypatch):
+    _refuse_python_statistics(monkeypatch)
+    with pytest.raises(AssertionError, match="PyTorch implementation ran"):
+        ab.AugmentBatchNorm2d(3).to(make_input().dtype)(make_input())
+
+
+def test_the_environment_variable_turns_them_off(monkeypatch):
+    monkeypatch.setattr(_cpu_ops, "_state", {})
+    monkeypatch.setenv(_cpu_ops.ENV_VAR, "0")
+    monkeypatch.setattr(_cpu_ops, "_build", lambda: pytest.fail("built despite the variable"))
+    assert not _cpu_ops.available()
+    assert not _cpu_ops.usable(torch.randn(2, 3, 4))
+
+
+def test_a_failed_build_warns_once_and_the_layers_go_on(monkeypatch):
+    def no_compiler():
+        raise OSError("c++: command not found")
+
+    monkeypatch.setattr(_cpu_ops, "_state", {})
+    monkeypatch.delenv(_cpu_ops.ENV_VAR, raising=False)
+    monkeypatch.setattr(_cpu_ops, "_build", no_compiler)
+    layer = ab.IEBatchNorm2d(3)
+    x = torch.randn(4, 3, 5, 5)
+    with pytest.warns(RuntimeWarning, match=r"command not found.*pip install ninja"):
+        y = layer(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        torch.testing.assert_close(layer(x), y)
+    assert _cpu_ops._state == {"ok": False}
+
+
+@needs_ops
+@pytest.mark.parametrize("offset", [0.0, 1e3, -3e4])
+@pytest.mark.parametrize("shape", [(8, 5, 16, 16), (3, 5, 7, 11, 13), (16, 5, 3000)])
+def test_statistics_are_accurate_far_from_zero(shape, offset):
+    """Two passes (the shifted-data algorithm) keep the float32 statistics within 1e-6 of
+    float64 (relative to the spread), beyond the rounding of the stored result, however large the
+    mean is against the spread. With momentum 1 the running averages of a clean NABN are the
+    batch mean and the unbiased variance."""
+    gen = torch.Generator().manual_seed(0)
+    scale = torch.tensor([2.0, 0.5, 1.0, 3.0, 1e-2]).view(1, 5, *(1,) * (len(shape) - 2))
+    x = torch.randn(shape, generator=gen) * scale + offset
+    layer = {3: ab.AugmentBatchNorm1d, 4: ab.AugmentBatchNorm2d, 5: ab.AugmentBatchNorm3d}
+    nabn = layer[len(shape)](5, momentum=1.0, running_stats="clean")
+    nabn(x, torch.zeros(5))
+    dims = [d for d in range(x.dim()) if d != 1]
+    mean, var = x.double().mean(dims), x.double().var(dims)
+    rounding = torch.finfo(torch.float32).eps
+    mean_error = (nabn.running_mean.double() - mean).abs()
+    assert (mean_error <= rounding * mean.abs() + 1e-6 * var.sqrt()).all()
+    var_error = (nabn.running_var.double() - var).abs()
+    assert (var_error <= (rounding + 1e-6) * var).all()
