@@ -133,3 +133,27 @@ def test_statistics_are_accurate_far_from_zero(shape, offset):
     assert (mean_error <= rounding * mean.abs() + 1e-6 * var.sqrt()).all()
     var_error = (nabn.running_var.double() - var).abs()
     assert (var_error <= (rounding + 1e-6) * var).all()
+
+
+@needs_ops
+@pytest.mark.parametrize("layer", [ab.AugmentBatchNorm2d(8, momentum=1.0), ab.IEBatchNorm2d(8)])
+def test_results_do_not_depend_on_the_thread_count(layer):
+    """Rows are summed in parallel, channels reduced in order: bit-identical results."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 8, 64, 64, generator=gen) * 3 + 2
+    grad = torch.randn(x.shape, generator=gen)
+    shift = () if isinstance(layer, ab.IEBatchNorm2d) else (torch.linspace(-0.2, 0.2, 8),)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 4):
+            torch.set_num_threads(count)
+            net = copy.deepcopy(layer)
+            x_ = x.clone().requires_grad_()
+            y = net(x_, *shift)
+            y.backward(grad)
+            results.append([y, x_.grad, *(p.grad for p in net.parameters()), *net.buffers()])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)

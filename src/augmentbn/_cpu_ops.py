@@ -49,7 +49,9 @@ def _build() -> None:
     cpp_extension.load(
         name="augmentbn_cpu_ops",
         sources=[str(SOURCE)],
-        extra_cflags=["-O3", "-fopenmp-simd"],
+        # -fopenmp for at::parallel_for; it links libgomp.so.1, the runtime torch has loaded.
+        extra_cflags=["-O3", "-fopenmp"],
+        extra_ldflags=["-fopenmp"],
         is_python_module=False,
         verbose=False,
     )

@@ -18,6 +18,7 @@
 // first use with torch.utils.cpp_extension.
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -33,13 +34,9 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using OptionalTensor = std::optional<Tensor>;
 
-Tensor value_or_undefined(const OptionalTensor& t) {
-  return t.has_value() ? *t : Tensor();
-}
+Tensor value_or_undefined(const OptionalTensor& t) { return t.has_value() ? *t : Tensor(); }
 
-bool given(const OptionalTensor& t) {
-  return t.has_value() && t->defined();
-}
+bool given(const OptionalTensor& t) { return t.has_value() && t->defined(); }
 
 // Autograd numbers its edges over the tensors given to a Function, skipping absent optional
 // ones. Records, under each name, the edge of that argument (-1 when absent).
@@ -139,28 +136,37 @@ Moments moments(const Tensor& input, bool batch_stats) {
   const int64_t N = input.size(0), C = input.size(1), NC = N * C;
   const int64_t size = input.numel() / NC;
   const double count = static_cast<double>(N * size);
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / size);  // rows
   Moments m;
   m.instance_mean.resize(NC);
   m.mean.assign(C, 0.0);
   m.var.assign(C, 0.0);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "augmentbn_moments", [&] {
     const scalar_t* x = input.data_ptr<scalar_t>();
+    std::vector<double> row_sums(NC);
+    at::parallel_for(0, NC, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) row_sums[row] = row_sum(x + row * size, size);
+    });
     std::vector<double> estimate(C, 0.0);
     for (int64_t row = 0; row < NC; ++row) {
-      const double sum = row_sum(x + row * size, size);
-      m.instance_mean[row] = sum / size;
-      estimate[row % C] += sum;
+      m.instance_mean[row] = row_sums[row] / size;
+      estimate[row % C] += row_sums[row];
     }
     if (!batch_stats) return;
     std::vector<scalar_t> center(C);
     for (int64_t c = 0; c < C; ++c) center[c] = static_cast<scalar_t>(estimate[c] / count);
+    std::vector<std::pair<double, double>> row_d(NC);
+    at::parallel_for(0, NC, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        row_d[row] = row_centered_sums(x + row * size, size, center[row % C]);
+      }
+    });
     std::vector<double> sum_d(C, 0.0), sum_d2(C, 0.0);
     for (int64_t row = 0; row < NC; ++row) {
       const int64_t c = row % C;
-      const auto [d, d2] = row_centered_sums(x + row * size, size, center[c]);
-      m.instance_mean[row] = center[c] + d / size;
-      sum_d[c] += d;
-      sum_d2[c] += d2;
+      m.instance_mean[row] = center[c] + row_d[row].first / size;
+      sum_d[c] += row_d[row].first;
+      sum_d2[c] += row_d[row].second;
     }
     for (int64_t c = 0; c < C; ++c) {
       const double mean_d = sum_d[c] / count;
@@ -220,8 +226,8 @@ struct AugmentBatchNormFunction : public torch::autograd::Function<AugmentBatchN
     const Tensor &invstd = saved[3], &correction = saved[4];
     const bool need_input = needs_grad(ctx, "input");
     auto [grad_input, grad_weight, grad_bias] = at::native_batch_norm_backward(
-        grad_outputs[0].contiguous(), input, weight, Tensor(), Tensor(), shifted_mean, invstd,
-        true, ctx->saved_data["eps"].toDouble(), {need_input, true, needs_grad(ctx, "bias")});
+        grad_outputs[0].contiguous(), input, weight, Tensor(), Tensor(), shifted_mean, invstd, true,
+        ctx->saved_data["eps"].toDouble(), {need_input, true, needs_grad(ctx, "bias")});
     if (need_input && correction.defined()) {
       // grad_weight = sum(g xhat) = M mean(g xhat); grad_input is ours to update in place.
       const int64_t ndim = input.dim();
@@ -238,7 +244,12 @@ struct AugmentBatchNormFunction : public torch::autograd::Function<AugmentBatchN
     return {need_input ? grad_input : Tensor(),
             needs_grad(ctx, "weight") ? grad_weight : Tensor(),
             needs_grad(ctx, "bias") ? grad_bias : Tensor(),
-            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+            Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor()};
   }
 };
 
@@ -302,27 +313,30 @@ Tensor augment_batch_norm_train(const Tensor& input, const OptionalTensor& weigh
 Tensor instance_affine(const Tensor& input, const Tensor& flat_mean, const Tensor& ones,
                        const Tensor& scale, const Tensor& shift) {
   const int64_t N = input.size(0), C = input.size(1);
-  const Tensor output = std::get<0>(at::native_batch_norm(
-      input.view({1, N * C, -1}), scale, shift, flat_mean, ones, false, 0.0, 0.0));
+  const Tensor output = std::get<0>(at::native_batch_norm(input.view({1, N * C, -1}), scale, shift,
+                                                          flat_mean, ones, false, 0.0, 0.0));
   // Not a view: the output must allow in-place operations (ReLU(inplace=True)).
   return at::_unsafe_view(output, input.sizes());
 }
 
 // dx = (x - mean_c) slope_c + offset[n, c] + gain[n, c] g, in one pass over contiguous rows.
 template <typename scalar_t>
-void instance_grad_input(scalar_t* dx, const scalar_t* x, const scalar_t* g, int64_t N,
-                         int64_t C, int64_t size, const double* mean, const double* slope,
+void instance_grad_input(scalar_t* dx, const scalar_t* x, const scalar_t* g, int64_t N, int64_t C,
+                         int64_t size, const double* mean, const double* slope,
                          const double* offset, const double* gain) {
-  for (int64_t row = 0; row < N * C; ++row) {
-    const int64_t c = row % C;
-    const auto m = static_cast<scalar_t>(mean[c]);
-    const auto a = static_cast<scalar_t>(slope[c]);
-    const auto b = static_cast<scalar_t>(offset[row]);
-    const auto k = static_cast<scalar_t>(gain[row]);
-    const int64_t base = row * size;
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / size);  // rows
+  at::parallel_for(0, N * C, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t c = row % C;
+      const auto m = static_cast<scalar_t>(mean[c]);
+      const auto a = static_cast<scalar_t>(slope[c]);
+      const auto b = static_cast<scalar_t>(offset[row]);
+      const auto k = static_cast<scalar_t>(gain[row]);
+      const int64_t base = row * size;
 #pragma omp simd
-    for (int64_t i = 0; i < size; ++i) dx[base + i] = (x[base + i] - m) * a + b + k * g[base + i];
-  }
+      for (int64_t i = 0; i < size; ++i) dx[base + i] = (x[base + i] - m) * a + b + k * g[base + i];
+    }
+  });
 }
 
 // y = (x - mean) gamma a s + beta with a = sigmoid(w mean_S(x) + b); see
@@ -331,9 +345,8 @@ void instance_grad_input(scalar_t* dx, const scalar_t* x, const scalar_t* g, int
 struct IEBatchNormFunction : public torch::autograd::Function<IEBatchNormFunction> {
   static Tensor forward(AutogradContext* ctx, const Tensor& input, const OptionalTensor& weight,
                         const OptionalTensor& bias, const Tensor& weight_readjust,
-                        const Tensor& bias_readjust, const Tensor& flat_mean,
-                        const Tensor& gain, const OptionalTensor& flat_bias,
-                        const Tensor& per_channel,
+                        const Tensor& bias_readjust, const Tensor& flat_mean, const Tensor& gain,
+                        const OptionalTensor& flat_bias, const Tensor& per_channel,
                         const Tensor& gate, const Tensor& instance_mean, bool batch_stats) {
     record_edges(ctx, {{"input", nullptr},
                        {"weight", &weight},
@@ -355,7 +368,7 @@ struct IEBatchNormFunction : public torch::autograd::Function<IEBatchNormFunctio
     const Tensor &flat_mean = saved[5], &ones = saved[6];
     const Tensor grad_output = grad_outputs[0].contiguous();
     const int64_t N = input.size(0), C = input.size(1), NC = N * C;
-    const int64_t size = input.numel() / NC;     // |S|
+    const int64_t size = input.numel() / NC;             // |S|
     const double count = static_cast<double>(N * size);  // M
     const bool batch_stats = ctx->saved_data["batch_stats"].toBool();
 
@@ -363,9 +376,9 @@ struct IEBatchNormFunction : public torch::autograd::Function<IEBatchNormFunctio
     // on the instance view, whose running mean is the flat mean.
     const std::vector<double> pc = to_doubles(per_channel);  // rows: mean, invstd, gamma, w
     const double *mean = pc.data(), *invstd = mean + C, *gamma = invstd + C, *w = gamma + C;
-    auto sums = at::native_batch_norm_backward(
-        grad_output.view({1, NC, -1}), input.view({1, NC, -1}), Tensor(), flat_mean, ones,
-        Tensor(), Tensor(), false, 0.0, {false, true, true});
+    auto sums = at::native_batch_norm_backward(grad_output.view({1, NC, -1}),
+                                               input.view({1, NC, -1}), Tensor(), flat_mean, ones,
+                                               Tensor(), Tensor(), false, 0.0, {false, true, true});
     const std::vector<double> sum_g_xc = to_doubles(std::get<1>(sums));
     const std::vector<double> sum_g = to_doubles(std::get<2>(sums));
     const std::vector<double> gate = to_doubles(gate_t);
@@ -416,7 +429,13 @@ struct IEBatchNormFunction : public torch::autograd::Function<IEBatchNormFunctio
             out("bias", grad_bias),
             out("weight_readjust", grad_w),
             out("bias_readjust", grad_b),
-            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+            Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor()};
   }
 };
 
