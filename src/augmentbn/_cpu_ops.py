@@ -88,7 +88,7 @@ def usable(input: Tensor, *tensors: Tensor | None) -> bool:
     outside ``torch.compile``, with the operators built."""
     if (
         type(input) is not Tensor
-        or input.device.type != "cpu"
+        or not input.is_cpu
         or input.dtype not in _DTYPES
         or not input.is_contiguous()
         or torch.compiler.is_compiling()
@@ -96,6 +96,6 @@ def usable(input: Tensor, *tensors: Tensor | None) -> bool:
         return False
     dtype = input.dtype
     for t in tensors:
-        if t is not None and (t.dtype != dtype or t.device.type != "cpu"):
+        if t is not None and (t.dtype != dtype or not t.is_cpu):
             return False
     return available()
