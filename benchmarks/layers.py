@@ -6,6 +6,8 @@
 Every layer runs in training mode on the same input; one call is a forward pass and
 ``torch.autograd.grad`` of the output (input and parameter gradients, nothing accumulated).
 The layers take turns in a fresh random order within each repeat; the table gives medians.
+On the CPU, ours run on the compiled operators; the "PyTorch impl." rows show two of them
+without (``augmentbn._cpu_ops``).
 "Saved" is what autograd keeps for the backward pass (distinct storages packed by saved-tensor
 hooks), as a ratio to BatchNorm's.
 """
@@ -24,6 +26,7 @@ from _composite import CompositeAugmentBatchNorm, CompositeIEBatchNorm
 from torch import nn
 
 import augmentbn as ab
+from augmentbn import _cpu_ops
 
 SHAPES = [(8, 64, 32, 32), (128, 16, 32, 32), (4, 64, 56, 56), (2, 32, 16, 64, 64)]
 QUICK_SHAPES = [(2, 4, 4, 4), (2, 4, 2, 3, 3)]
@@ -39,12 +42,27 @@ def layer_factories(ndim: int) -> dict[str, Callable[[int], nn.Module]]:
     for noise in NOISES:
         factories[f"NABN {noise}"] = lambda c, noise=noise: nabn(c, noise=noise)
     factories["IEBN"] = iebn
+    factories["NABN gaussian_clip, PyTorch impl."] = lambda c: PyTorchImplementation(nabn(c))
+    factories["IEBN, PyTorch impl."] = lambda c: PyTorchImplementation(iebn(c))
     for noise in NOISES:
         factories[f"composite NABN {noise}"] = lambda c, noise=noise: CompositeAugmentBatchNorm(
             c, noise=noise
         )
     factories["composite IEBN"] = CompositeIEBatchNorm
     return factories
+
+
+class PyTorchImplementation(nn.Module):
+    """A layer run on its PyTorch implementation: what it costs without the compiled CPU
+    operators (no C++ compiler, ``AUGMENTBN_CPU_OPS=0``)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with _cpu_ops.disabled():
+            return self.layer(x)
 
 
 def saved_bytes(layer: nn.Module, x: torch.Tensor) -> int:

@@ -83,18 +83,23 @@ def inputs(shape, dtype, seed=0, memory_format=torch.contiguous_format):
 SHIFT = torch.tensor([0.2, -0.2, 0.07, 0.0, -0.13])
 
 
-def compare(kind, key, dtype, steps=2, memory_format=torch.contiguous_format, **kwargs):
-    """``steps`` training calls of ours (in ``dtype``) and of the float64 baseline."""
+def compare(
+    kind, key, dtype, steps=2, memory_format=torch.contiguous_format, device="cpu", **kwargs
+):
+    """``steps`` training calls of ours (in ``dtype``, on ``device``) and of the float64
+    baseline (on the CPU)."""
     ours, base = make_pair(kind, _dims(key), **kwargs)
-    ours, base = ours.to(dtype), base.double()
+    ours, base = ours.to(device, dtype), base.double()
     for step in range(steps):
         x, grad = inputs(SHAPES[key], dtype, seed=step, memory_format=memory_format)
         shift = SHIFT * (step + 1)
-        got = run(ours, x, grad, kind, shift)
-        assert_close_as_batch_norm(got, run(base, x.double(), grad.double(), kind, shift), dtype)
+        got = run(ours, x.to(device), grad.to(device), kind, shift)
+        expected = run(base, x.double(), grad.double(), kind, shift)
+        assert_close_as_batch_norm([g.cpu() for g in got], expected, dtype)
     if ours.track_running_stats:
         for name in ("running_mean", "running_var"):
-            assert_close_as_batch_norm([getattr(ours, name)], [getattr(base, name)], dtype)
+            got = getattr(ours, name).cpu()
+            assert_close_as_batch_norm([got], [getattr(base, name)], dtype)
         assert ours.num_batches_tracked == base.num_batches_tracked == steps
     return ours, base
 
@@ -217,6 +222,57 @@ def test_autocast_cpu_bfloat16(kind):
     expected = run(base.double(), x.double(), grad.double(), kind, SHIFT)
     assert_close_as_batch_norm(got, expected, torch.bfloat16)
     torch.testing.assert_close(ours.running_mean, base.running_mean.float())
+
+
+# --- CUDA (run where a GPU is present) ----------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("key", list(SHAPES))
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_matches_composite(kind, key, dtype):
+    compare(kind, key, dtype, device="cuda")
+
+
+@needs_cuda
+@pytest.mark.parametrize(
+    "key,memory_format", [(2, torch.channels_last), (3, torch.channels_last_3d)]
+)
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_channels_last(kind, key, memory_format):
+    compare(kind, key, torch.float32, memory_format=memory_format, device="cuda")
+
+
+@needs_cuda
+@pytest.mark.parametrize(
+    "options",
+    [{"affine": False}, {"momentum": None}, {"track_running_stats": False}],
+    ids=["affine-false", "momentum-none", "no-running-stats"],
+)
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_options(kind, options):
+    compare(kind, 2, torch.float32, steps=3, device="cuda", **options)
+
+
+@needs_cuda
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_autocast_float16(kind):
+    ours, base = make_pair(kind, 2)
+    ours.cuda()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(SHAPES[2], generator=gen)
+    grad = torch.randn(x.shape, generator=gen)
+    with torch.autocast("cuda", dtype=torch.float16):
+        x16 = x.cuda().half()
+        got = run(ours, x16, grad.cuda().half(), kind, SHIFT)
+    assert got[0].dtype == torch.float16
+    assert all(g.dtype == torch.float32 for g in got[2:])  # float32 parameters
+    expected = run(base.double(), x16.double().cpu(), grad.half().double(), kind, SHIFT)
+    assert_close_as_batch_norm([g.cpu() for g in got], expected, torch.float16)
+    torch.testing.assert_close(ours.running_mean.cpu(), base.running_mean.float())
 
 
 # --- batch statistics from fused sums (contiguous float32 on the CPU) ------------------------

@@ -10,15 +10,17 @@ implementation in :mod:`augmentbn.functional`, with the same results.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = ["available", "usable"]
+__all__ = ["available", "disabled", "usable"]
 
 ENV_VAR = "AUGMENTBN_CPU_OPS"
 SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_ops.cpp"
@@ -99,3 +101,18 @@ def usable(input: Tensor, *tensors: Tensor | None) -> bool:
         if t is not None and (t.dtype != dtype or not t.is_cpu):
             return False
     return available()
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Within the block, layers called in training take their PyTorch implementation (for
+    comparisons and debugging; the backward follows the forward)."""
+    previous = _state.get("ok")
+    _state["ok"] = False
+    try:
+        yield
+    finally:
+        if previous is None:
+            del _state["ok"]
+        else:
+            _state["ok"] = previous
