@@ -315,3 +315,18 @@ def test_one_value_per_channel_raises():
         AF.ie_batch_norm(
             torch.randn(1, 3, 1, 1), None, None, None, None, torch.zeros(3), torch.zeros(3), True
         )
+
+
+@pytest.mark.parametrize("layer", ["nabn", "iebn"])
+def test_double_backward_is_refused(layer):
+    """The backward passes are not differentiable: second derivatives raise, not mislead."""
+    x, weight, bias, shift = _inputs((4, 4, 3, 5))
+    x.requires_grad_()
+    if layer == "nabn":
+        y = AF.augment_batch_norm(x, None, None, weight, bias, True, mean_shift=shift)
+    else:
+        zeros = torch.zeros(4, dtype=x.dtype)
+        y = AF.ie_batch_norm(x, None, None, weight, bias, zeros, zeros - 1, True)
+    with pytest.raises(RuntimeError, match="differentiate twice|not differentiable"):
+        (grad,) = torch.autograd.grad((y * y).sum(), x, create_graph=True)
+        grad.sum().backward()

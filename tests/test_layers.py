@@ -256,3 +256,10 @@ def test_nonfinite_input_does_not_poison_running_stats():
     layer(x)
     assert torch.isfinite(layer.running_mean).all() and torch.isfinite(layer.running_var).all()
     assert layer.running_mean[0] == 0 and layer.running_var[0] == 1
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 3, 0, 4)])
+@pytest.mark.parametrize("layer", [ab.AugmentBatchNorm2d(3), ab.IEBatchNorm2d(3)])
+def test_empty_input_in_eval_gives_empty_output(layer, shape):
+    """As nn.BatchNorm2d in eval mode: nothing to normalize, no error."""
+    assert layer.eval()(torch.randn(shape)).shape == shape

@@ -86,13 +86,14 @@ def available() -> bool:
 
 def usable(input: Tensor, *tensors: Tensor | None) -> bool:
     """Whether a training call on ``input`` with these parameters and buffers can take the
-    compiled operators: contiguous float32 or float64 tensors on the CPU, all of one dtype,
-    outside ``torch.compile``, with the operators built."""
+    compiled operators: contiguous, non-empty float32 or float64 tensors on the CPU, all of one
+    dtype, outside ``torch.compile``, with the operators built."""
     if (
         type(input) is not Tensor
         or not input.is_cpu
         or input.dtype not in _DTYPES
         or not input.is_contiguous()
+        or input.numel() == 0
         or torch.compiler.is_compiling()
     ):
         return False

@@ -42,6 +42,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from . import _cpu_ops
 
@@ -290,8 +291,8 @@ def _instance_layout(input: Tensor, mean: Tensor) -> tuple[Tensor, Tensor] | Non
     ``(n, c)`` pairs. With ``μ`` repeated per ``(n, c)`` and ones as running statistics and
     ``ε = 0``, eval-mode BatchNorm computes ``(x - μ_c)·weight[n, c] + bias[n, c]`` and its
     backward ``sum_S(g)`` and ``sum_S(g·(x - μ_c))``. ``None`` where the memory layout allows no
-    such view (channels_last, strided) or there is no spatial dimension."""
-    if input.dim() < 3 or not input.is_contiguous():
+    such view (channels_last, strided), there is no spatial dimension or no value."""
+    if input.dim() < 3 or not input.is_contiguous() or input.numel() == 0:
         return None
     N, C = input.shape[:2]
     return _flat_instances(mean, N), mean.new_ones(N * C)
@@ -299,7 +300,7 @@ def _instance_layout(input: Tensor, mean: Tensor) -> tuple[Tensor, Tensor] | Non
 
 def _flat_instances(t: Tensor, N: int) -> Tensor:
     """A ``(C,)`` or ``(N, C)`` tensor as the ``(N·C,)`` parameters of the instance view."""
-    return t.reshape(-1) if t.dim() == 2 else torch.cat([t] * N)
+    return t.reshape(-1) if t.dim() == 2 else t.repeat(N)
 
 
 def _instance_affine(
@@ -442,6 +443,7 @@ class _AugmentBatchNormFunction(torch.autograd.Function):
         return output
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output):
         input, weight, shifted_mean, invstd, correction = ctx.saved_tensors
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
@@ -658,6 +660,7 @@ class _IEBatchNormFunction(torch.autograd.Function):
         return output
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output):
         input, weight, weight_readjust, mean, invstd, instance_mean, gate, gain, *layout = (
             ctx.saved_tensors

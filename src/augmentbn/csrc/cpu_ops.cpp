@@ -48,6 +48,14 @@ void record_edges(AutogradContext* ctx,
   }
 }
 
+// The backward passes below are not themselves differentiable, as functional.py's are marked
+// once_differentiable: refuse create_graph=True rather than return wrong second derivatives.
+void check_not_double_backward() {
+  TORCH_CHECK(!at::GradMode::is_enabled(),
+              "augmentbn: the layers' backward is not differentiable (create_graph=True, "
+              "double backward); their second derivatives are not implemented");
+}
+
 bool needs_grad(AutogradContext* ctx, const char* name) {
   const int64_t edge = ctx->saved_data[name].toInt();
   return edge >= 0 && ctx->needs_input_grad(edge);
@@ -221,6 +229,7 @@ struct AugmentBatchNormFunction : public torch::autograd::Function<AugmentBatchN
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    check_not_double_backward();
     const auto saved = ctx->get_saved_variables();
     const Tensor &input = saved[0], &weight = saved[1], &shifted_mean = saved[2];
     const Tensor &invstd = saved[3], &correction = saved[4];
@@ -362,6 +371,7 @@ struct IEBatchNormFunction : public torch::autograd::Function<IEBatchNormFunctio
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    check_not_double_backward();
     const auto saved = ctx->get_saved_variables();
     const Tensor &input = saved[0], &per_channel = saved[1], &gate_t = saved[2];
     const Tensor &gain_t = saved[3], &instance_mean_t = saved[4];
