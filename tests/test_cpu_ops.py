@@ -157,3 +157,17 @@ def test_results_do_not_depend_on_the_thread_count(layer):
         torch.set_num_threads(threads)
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+@needs_ops
+def test_strided_parameters_take_the_pytorch_implementation():
+    """The operators write running statistics through raw pointers: only contiguous ones."""
+    x = torch.randn(4, 3, 5, 5)
+    strided = torch.zeros(6)[::2]
+    assert not _cpu_ops.usable(x, None, None, strided, torch.ones(3))
+    running_mean, running_var = strided, torch.ones(6)[::2]
+    AF.augment_batch_norm(
+        x, running_mean, running_var, training=True, momentum=1.0, mean_shift=torch.zeros(3)
+    )
+    torch.testing.assert_close(running_mean, x.mean((0, 2, 3)))
+    torch.testing.assert_close(running_var, x.var((0, 2, 3), correction=0))

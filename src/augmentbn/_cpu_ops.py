@@ -86,8 +86,8 @@ def available() -> bool:
 
 def usable(input: Tensor, *tensors: Tensor | None) -> bool:
     """Whether a training call on ``input`` with these parameters and buffers can take the
-    compiled operators: contiguous, non-empty float32 or float64 tensors on the CPU, all of one
-    dtype, outside ``torch.compile``, with the operators built."""
+    compiled operators: contiguous float32 or float64 tensors on the CPU, all of one dtype, a
+    non-empty input, outside ``torch.compile``, with the operators built."""
     if (
         type(input) is not Tensor
         or not input.is_cpu
@@ -99,7 +99,7 @@ def usable(input: Tensor, *tensors: Tensor | None) -> bool:
         return False
     dtype = input.dtype
     for t in tensors:
-        if t is not None and (t.dtype != dtype or not t.is_cpu):
+        if t is not None and (t.dtype != dtype or not t.is_cpu or not t.is_contiguous()):
             return False
     return available()
 

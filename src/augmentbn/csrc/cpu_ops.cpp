@@ -68,11 +68,6 @@ Tensor channel_view(const Tensor& t, int64_t ndim) {
   return t.view(shape);
 }
 
-// A (C,) or (N, C) tensor as the (N*C,) parameters of the (1, N*C, |S|) instance view.
-Tensor flat_instances(const Tensor& t, int64_t N) {
-  return t.dim() == 2 ? t.reshape(-1) : t.repeat({N});
-}
-
 // The values of a small tensor (per channel or per (n, c)) in double, and back.
 std::vector<double> to_doubles(const Tensor& t) {
   const Tensor c = t.contiguous();
