@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 # Jittor on a machine without CUDA (see README); harmless where CUDA exists.
 export use_mkl ?= 0
 export nvcc_path ?=
+# The compiled CPU operators build here on first use (see README, Speed), not in ~/.cache.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/build/torch_extensions
 
 .PHONY: run test lint clean
 

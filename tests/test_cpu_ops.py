@@ -171,3 +171,11 @@ def test_strided_parameters_take_the_pytorch_implementation():
     )
     torch.testing.assert_close(running_mean, x.mean((0, 2, 3)))
     torch.testing.assert_close(running_var, x.var((0, 2, 3), correction=0))
+
+
+@needs_ops
+def test_disabled_switches_them_off_within_the_block_only():
+    x = torch.randn(4, 3, 5, 5)
+    with _cpu_ops.disabled():
+        assert not _cpu_ops.usable(x)
+    assert _cpu_ops.usable(x)

@@ -1,8 +1,8 @@
 """The compiled CPU operators (``csrc/cpu_ops.cpp``): built on first use, optional.
 
-They run the layers' training-mode forward and backward with the per-channel algebra in C++,
-which at small batches is most of a Python layer's cost (BENCHMARKS.md). The first call on a
-machine compiles them with ``torch.utils.cpp_extension`` (about 30 s; cached afterwards in
+They run the layers' forward and backward (NABN in training, IEBN always) with the per-channel
+algebra in C++, which at small batches is most of a Python layer's cost (BENCHMARKS.md). The
+first call on a machine compiles them with ``torch.utils.cpp_extension`` (20-30 s; cached in
 ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``). Without a C++ compiler or
 ``ninja``, or with ``AUGMENTBN_CPU_OPS=0`` in the environment, the layers use their PyTorch
 implementation in :mod:`augmentbn.functional`, with the same results.
@@ -47,7 +47,7 @@ def _build() -> None:
             os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, path])
     except ImportError:
         pass
-    _log.info("augmentbn: compiling the CPU operators (once per machine, about 30 s)")
+    _log.info("augmentbn: loading the CPU operators (compiled on first use, 20-30 s)")
     cpp_extension.load(
         name="augmentbn_cpu_ops",
         sources=[str(SOURCE)],
@@ -85,7 +85,7 @@ def available() -> bool:
 
 
 def usable(input: Tensor, *tensors: Tensor | None) -> bool:
-    """Whether a training call on ``input`` with these parameters and buffers can take the
+    """Whether a layer's call on ``input`` with these parameters and buffers can take the
     compiled operators: contiguous float32 or float64 tensors on the CPU, all of one dtype, a
     non-empty input, outside ``torch.compile``, with the operators built."""
     if (
@@ -106,8 +106,8 @@ def usable(input: Tensor, *tensors: Tensor | None) -> bool:
 
 @contextlib.contextmanager
 def disabled() -> Iterator[None]:
-    """Within the block, layers called in training take their PyTorch implementation (for
-    comparisons and debugging; the backward follows the forward)."""
+    """Within the block, the layers take their PyTorch implementation (for comparisons and
+    debugging; a backward pass follows its forward pass)."""
     previous = _state.get("ok")
     _state["ok"] = False
     try:

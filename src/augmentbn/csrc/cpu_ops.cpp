@@ -493,9 +493,19 @@ Tensor ie_batch_norm_fused(const Tensor& input, const OptionalTensor& weight,
       tensor_of(m.instance_mean, options), batch_stats);
 }
 
+// The per-channel mean and biased variance that the operators above normalize with (for the
+// statistics benchmark and tests).
+std::tuple<Tensor, Tensor> batch_moments(const Tensor& input) {
+  TORCH_CHECK(input.device().is_cpu() && input.is_contiguous() && input.dim() >= 2,
+              "augmentbn::batch_moments: expected a contiguous CPU tensor of shape (N, C, *S)");
+  const Moments m = moments(input, /*batch_stats=*/true);
+  return {tensor_of(m.mean, input.options()), tensor_of(m.var, input.options())};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(augmentbn, m) {
+  m.def("batch_moments(Tensor input) -> (Tensor mean, Tensor var)", &batch_moments);
   m.def(
       "augment_batch_norm_train(Tensor input, Tensor? weight, Tensor? bias, Tensor mean_shift, "
       "Tensor(a!)? running_mean, Tensor(b!)? running_var, float momentum, "
