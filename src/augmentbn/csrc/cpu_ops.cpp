@@ -61,6 +61,12 @@ bool needs_grad(AutogradContext* ctx, const char* name) {
   return edge >= 0 && ctx->needs_input_grad(edge);
 }
 
+// A Function's gradients: those of its first arguments, undefined for the rest.
+variable_list padded(variable_list gradients, size_t num_arguments) {
+  gradients.resize(num_arguments);
+  return gradients;
+}
+
 // (C,) or (N, C) viewed to broadcast against an ndim-D (N, C, *S) tensor.
 Tensor channel_view(const Tensor& t, int64_t ndim) {
   std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
@@ -245,15 +251,10 @@ struct AugmentBatchNormFunction : public torch::autograd::Function<AugmentBatchN
         grad_input.sub_(channel_view(slope * shifted_mean, ndim));
       }
     }
-    return {need_input ? grad_input : Tensor(),
-            needs_grad(ctx, "weight") ? grad_weight : Tensor(),
-            needs_grad(ctx, "bias") ? grad_bias : Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor()};
+    return padded(
+        {need_input ? grad_input : Tensor(), needs_grad(ctx, "weight") ? grad_weight : Tensor(),
+         needs_grad(ctx, "bias") ? grad_bias : Tensor()},
+        9);
   }
 };
 
@@ -429,18 +430,9 @@ struct IEBatchNormFunction : public torch::autograd::Function<IEBatchNormFunctio
     auto out = [&](const char* name, const std::vector<double>& values) {
       return needs_grad(ctx, name) ? tensor_of(values, options) : Tensor();
     };
-    return {grad_input,
-            out("weight", grad_weight),
-            out("bias", grad_bias),
-            out("weight_readjust", grad_w),
-            out("bias_readjust", grad_b),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor()};
+    return padded({grad_input, out("weight", grad_weight), out("bias", grad_bias),
+                   out("weight_readjust", grad_w), out("bias_readjust", grad_b)},
+                  12);
   }
 };
 
