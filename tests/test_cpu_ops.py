@@ -179,3 +179,22 @@ def test_disabled_switches_them_off_within_the_block_only():
     with _cpu_ops.disabled():
         assert not _cpu_ops.usable(x)
     assert _cpu_ops.usable(x)
+
+
+@needs_ops
+def test_direct_calls_with_wrong_sizes_are_refused_not_read_out_of_bounds():
+    """The operators' own guard, for callers of torch.ops.augmentbn that skip functional.py."""
+    x = torch.randn(4, 8, 5)
+    ops = torch.ops.augmentbn
+    with pytest.raises(RuntimeError, match="running_mean must have 8 values"):
+        ops.augment_batch_norm_train(
+            x, None, None, torch.zeros(8), torch.zeros(2), torch.ones(2), 0.1, None, 0, 0, 1e-5
+        )
+    with pytest.raises(RuntimeError, match="weight must have 8 values"):
+        ops.ie_batch_norm(
+            x, torch.ones(3), None, torch.zeros(8), torch.zeros(8), None, None, 0.1, None, 1, 1e-5
+        )
+    with pytest.raises(RuntimeError, match="contiguous, non-empty"):
+        ops.batch_moments(torch.randn(0, 8, 5))
+    with pytest.raises(RuntimeError, match="contiguous, non-empty"):
+        ops.batch_moments(torch.randn(4, 8, 5).transpose(1, 2))

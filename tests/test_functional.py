@@ -318,15 +318,75 @@ def test_one_value_per_channel_raises():
 
 
 @pytest.mark.parametrize("layer", ["nabn", "iebn"])
-def test_double_backward_is_refused(layer):
-    """The backward passes are not differentiable: second derivatives raise, not mislead."""
+def test_first_derivatives_under_create_graph_and_no_second(layer):
+    """The backward passes are once-differentiable: create_graph=True gives the gradient, and
+    differentiating it again raises instead of returning wrong second derivatives."""
     x, weight, bias, shift = _inputs((4, 4, 3, 5))
     x.requires_grad_()
+    zeros = torch.zeros(4, dtype=x.dtype)
+
+    def forward():
+        if layer == "nabn":
+            return AF.augment_batch_norm(x, None, None, weight, bias, True, mean_shift=shift)
+        return AF.ie_batch_norm(x, None, None, weight, bias, zeros, zeros - 1, True)
+
+    (expected,) = torch.autograd.grad((forward() ** 3).sum(), x)
+    (grad,) = torch.autograd.grad((forward() ** 3).sum(), x, create_graph=True)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=0)
+    assert grad.requires_grad
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad.sum().backward()
+
+
+@pytest.mark.parametrize(
+    "name,bad",
+    [
+        ("weight", torch.ones(3)),
+        ("bias", torch.zeros(4, 1)),
+        ("running_mean", torch.zeros(5)),
+        ("running_var", torch.ones(2)),
+    ],
+)
+@pytest.mark.parametrize("layer", ["nabn", "iebn"])
+def test_per_channel_tensors_of_the_wrong_shape_are_refused(layer, name, bad):
+    x, weight, bias, shift = _inputs((4, 4, 3, 5))
+    args = {
+        "running_mean": torch.zeros(4, dtype=x.dtype),
+        "running_var": torch.ones(4, dtype=x.dtype),
+        "weight": weight,
+        "bias": bias,
+    }
+    args[name] = bad.to(x.dtype)
+    with pytest.raises(ValueError, match=rf"{name} must have shape \(4,\).*got \("):
+        if layer == "nabn":
+            AF.augment_batch_norm(x, **args, training=True, mean_shift=shift)
+        else:
+            zeros = torch.zeros(4, dtype=x.dtype)
+            AF.ie_batch_norm(x, **args, weight_readjust=zeros, bias_readjust=zeros, training=True)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("layer", ["nabn", "iebn"])
+def test_running_statistics_come_both_or_neither(layer, training):
+    x = _inputs((4, 4, 3, 5))[0]
+    with pytest.raises(ValueError, match="running_mean and running_var together"):
+        if layer == "nabn":
+            AF.augment_batch_norm(x, torch.zeros(4, dtype=x.dtype), None, training=training)
+        else:
+            zeros = torch.zeros(4, dtype=x.dtype)
+            AF.ie_batch_norm(x, zeros, None, None, None, zeros, zeros, training=training)
+
+
+@pytest.mark.parametrize("layer", ["nabn", "iebn"])
+def test_updating_the_running_statistics_counts_as_a_modification(layer):
+    """Autograd's version counters see the in-place update (a pending backward that saved the
+    buffers then fails loudly rather than use changed values)."""
+    x, weight, bias, shift = _inputs((4, 4, 3, 5))
+    running_mean, running_var = torch.zeros(4, dtype=x.dtype), torch.ones(4, dtype=x.dtype)
+    versions = running_mean._version, running_var._version
     if layer == "nabn":
-        y = AF.augment_batch_norm(x, None, None, weight, bias, True, mean_shift=shift)
+        AF.augment_batch_norm(x, running_mean, running_var, weight, bias, True, mean_shift=shift)
     else:
         zeros = torch.zeros(4, dtype=x.dtype)
-        y = AF.ie_batch_norm(x, None, None, weight, bias, zeros, zeros - 1, True)
-    with pytest.raises(RuntimeError, match="differentiate twice|not differentiable"):
-        (grad,) = torch.autograd.grad((y * y).sum(), x, create_graph=True)
-        grad.sum().backward()
+        AF.ie_batch_norm(x, running_mean, running_var, weight, bias, zeros, zeros, True)
+    assert running_mean._version > versions[0] and running_var._version > versions[1]

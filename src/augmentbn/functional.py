@@ -107,6 +107,19 @@ def check_input(input: Tensor, num_features: int | None, training: bool, where: 
         )
 
 
+def check_channel_tensors(num_features: int, where: str, **tensors: Tensor | None) -> None:
+    """Raise ``ValueError`` unless every given per-channel tensor has shape ``(num_features,)``,
+    and unless the running statistics come both or neither."""
+    for name, t in tensors.items():
+        if t is not None and t.shape != (num_features,):
+            raise ValueError(
+                f"{where}: {name} must have shape ({num_features},), one value per channel of "
+                f"the input, got {tuple(t.shape)}"
+            )
+    if (tensors.get("running_mean") is None) != (tensors.get("running_var") is None):
+        raise ValueError(f"{where}: give running_mean and running_var together, or neither")
+
+
 def _stats_dtype(input: Tensor) -> torch.dtype:
     """Statistics accumulate in float32 for half-precision inputs, as ``nn.BatchNorm`` does."""
     return torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
@@ -534,6 +547,15 @@ def augment_batch_norm(
     """
     check_noise_args(theta, noise, noise_std, "augment_batch_norm")
     check_running_stats(running_stats, "augment_batch_norm")
+    if input.dim() >= 2:
+        check_channel_tensors(
+            input.shape[1],
+            "augment_batch_norm",
+            running_mean=running_mean,
+            running_var=running_var,
+            weight=weight,
+            bias=bias,
+        )
     if not training:
         check_input(input, None, running_mean is None, "augment_batch_norm")
         return F.batch_norm(
@@ -722,12 +744,16 @@ def ie_batch_norm(
     """
     use_batch_stats = training or running_mean is None
     check_input(input, None, use_batch_stats, "ie_batch_norm")
-    num_features = input.shape[1]
-    for name, t in (("weight_readjust", weight_readjust), ("bias_readjust", bias_readjust)):
-        if t.shape != (num_features,):
-            raise ValueError(
-                f"ie_batch_norm: {name} must have shape ({num_features},), got {tuple(t.shape)}"
-            )
+    check_channel_tensors(
+        input.shape[1],
+        "ie_batch_norm",
+        running_mean=running_mean,
+        running_var=running_var,
+        weight=weight,
+        bias=bias,
+        weight_readjust=weight_readjust,
+        bias_readjust=bias_readjust,
+    )
     params = (weight, bias, weight_readjust, bias_readjust)
     if input.dim() >= 3 and _cpu_ops.usable(input, *params, running_mean, running_var):
         tracked = running_mean is not None and running_var is not None

@@ -20,6 +20,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -48,12 +50,41 @@ void record_edges(AutogradContext* ctx,
   }
 }
 
-// The backward passes below are not themselves differentiable, as functional.py's are marked
-// once_differentiable: refuse create_graph=True rather than return wrong second derivatives.
-void check_not_double_backward() {
-  TORCH_CHECK(!at::GradMode::is_enabled(),
-              "augmentbn: the layers' backward is not differentiable (create_graph=True, "
-              "double backward); their second derivatives are not implemented");
+// The backward passes below are not themselves differentiable: like functional.py's, marked
+// @once_differentiable, they compute without recording a graph and, under create_graph=True,
+// return gradients whose own backward raises instead of giving wrong second derivatives.
+template <typename Compute>
+variable_list once_differentiable(const variable_list& grad_outputs, Compute compute) {
+  const bool recording = at::GradMode::is_enabled() &&
+                         std::any_of(grad_outputs.begin(), grad_outputs.end(), [](const Tensor& g) {
+                           return g.defined() && g.requires_grad();
+                         });
+  variable_list gradients;
+  {
+    at::NoGradGuard no_grad;
+    gradients = compute();
+  }
+  if (!recording) return gradients;
+  for (Tensor& g : gradients) {
+    if (g.defined()) g = g.detach().requires_grad_(true);
+  }
+  torch::autograd::DelayedError error(
+      "trying to differentiate twice a function that was marked with @once_differentiable "
+      "(augmentbn's layers have no second derivatives)",
+      static_cast<int64_t>(gradients.size()));
+  return error.apply(std::move(gradients));
+}
+
+// The raw writes below bypass autograd's version counters; keep them counting.
+void mark_modified(const Tensor& t) { torch::autograd::impl::bump_version(t); }
+
+// The per-channel tensors the operators read and write through raw pointers must have C values.
+void check_channels(const char* op, int64_t C,
+                    std::initializer_list<std::pair<const char*, const OptionalTensor*>> args) {
+  for (const auto& [name, t] : args) {
+    TORCH_CHECK(!given(*t) || (*t)->numel() == C, op, ": ", name, " must have ", C,
+                " values (one per channel), got ", (*t)->numel());
+  }
 }
 
 bool needs_grad(AutogradContext* ctx, const char* name) {
@@ -142,6 +173,11 @@ struct Moments {
 // without cancellation (the shifted-data algorithm). With batch_stats false, only the first pass
 // runs, for the row means.
 Moments moments(const Tensor& input, bool batch_stats) {
+  TORCH_CHECK(input.device().is_cpu() && input.is_contiguous() && input.dim() >= 2 &&
+                  input.numel() > 0,
+              "augmentbn: the CPU operators take a contiguous, non-empty CPU input of shape "
+              "(N, C, *S), got shape ",
+              input.sizes());
   const int64_t N = input.size(0), C = input.size(1), NC = N * C;
   const int64_t size = input.numel() / NC;
   const double count = static_cast<double>(N * size);
@@ -200,6 +236,8 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
       rv[c] = static_cast<scalar_t>(rv[c] + momentum * (var[c] - rv[c]));
     }
   });
+  mark_modified(running_mean);
+  mark_modified(running_var);
 }
 
 double momentum_value(double momentum, const OptionalTensor& momentum_tensor) {
@@ -230,7 +268,10 @@ struct AugmentBatchNormFunction : public torch::autograd::Function<AugmentBatchN
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    check_not_double_backward();
+    return once_differentiable(grad_outputs, [&] { return gradients(ctx, grad_outputs); });
+  }
+
+  static variable_list gradients(AutogradContext* ctx, const variable_list& grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const Tensor &input = saved[0], &weight = saved[1], &shifted_mean = saved[2];
     const Tensor &invstd = saved[3], &correction = saved[4];
@@ -268,6 +309,13 @@ Tensor augment_batch_norm_train(const Tensor& input, const OptionalTensor& weigh
                                 const OptionalTensor& momentum_tensor, bool reject,
                                 bool clean_running_stats, double eps) {
   const int64_t C = input.size(1);
+  check_channels("augmentbn::augment_batch_norm_train", C,
+                 {{"weight", &weight},
+                  {"bias", &bias},
+                  {"running_mean", &running_mean},
+                  {"running_var", &running_var}});
+  TORCH_CHECK(mean_shift.numel() == C, "augmentbn::augment_batch_norm_train: mean_shift must have ",
+              C, " values (one per channel), got ", mean_shift.numel());
   const double count = static_cast<double>(input.numel() / C);
   const Moments m = moments(input, /*batch_stats=*/true);
   const std::vector<double> delta = to_doubles(mean_shift);
@@ -367,7 +415,10 @@ struct IEBatchNormFunction : public torch::autograd::Function<IEBatchNormFunctio
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    check_not_double_backward();
+    return once_differentiable(grad_outputs, [&] { return gradients(ctx, grad_outputs); });
+  }
+
+  static variable_list gradients(AutogradContext* ctx, const variable_list& grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const Tensor &input = saved[0], &per_channel = saved[1], &gate_t = saved[2];
     const Tensor &gain_t = saved[3], &instance_mean_t = saved[4];
@@ -444,6 +495,14 @@ Tensor ie_batch_norm_fused(const Tensor& input, const OptionalTensor& weight,
                            const OptionalTensor& running_var, double momentum,
                            const OptionalTensor& momentum_tensor, bool training, double eps) {
   const int64_t N = input.size(0), C = input.size(1), NC = N * C;
+  check_channels("augmentbn::ie_batch_norm", C,
+                 {{"weight", &weight},
+                  {"bias", &bias},
+                  {"running_mean", &running_mean},
+                  {"running_var", &running_var}});
+  TORCH_CHECK(weight_readjust.numel() == C && bias_readjust.numel() == C,
+              "augmentbn::ie_batch_norm: weight_readjust and bias_readjust must have ", C,
+              " values (one per channel)");
   const bool tracked = given(running_mean) && given(running_var);
   const bool batch_stats = training || !tracked;
   Moments m = moments(input, batch_stats);
@@ -488,8 +547,6 @@ Tensor ie_batch_norm_fused(const Tensor& input, const OptionalTensor& weight,
 // The per-channel mean and biased variance that the operators above normalize with (for the
 // statistics benchmark and tests).
 std::tuple<Tensor, Tensor> batch_moments(const Tensor& input) {
-  TORCH_CHECK(input.device().is_cpu() && input.is_contiguous() && input.dim() >= 2,
-              "augmentbn::batch_moments: expected a contiguous CPU tensor of shape (N, C, *S)");
   const Moments m = moments(input, /*batch_stats=*/true);
   return {tensor_of(m.mean, input.options()), tensor_of(m.var, input.options())};
 }
