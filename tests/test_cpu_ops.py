@@ -198,3 +198,14 @@ def test_direct_calls_with_wrong_sizes_are_refused_not_read_out_of_bounds():
         ops.batch_moments(torch.randn(0, 8, 5))
     with pytest.raises(RuntimeError, match="contiguous, non-empty"):
         ops.batch_moments(torch.randn(4, 8, 5).transpose(1, 2))
+
+
+def test_a_failed_build_names_the_compiler_error():
+    log = (
+        "Error building extension 'augmentbn_cpu_ops': [1/2] c++ -MMD -O3 -c cpu_ops.cpp\n"
+        "cpu_ops.cpp:12:3: error: 'foo' was not declared in this scope\n"
+        "   12 |   foo();\n"
+        "ninja: build stopped: subcommand failed."
+    )
+    assert _cpu_ops._reason(log) == "cpu_ops.cpp:12:3: error: 'foo' was not declared in this scope"
+    assert _cpu_ops._reason("c++: command not found") == "c++: command not found"

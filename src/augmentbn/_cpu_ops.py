@@ -59,6 +59,13 @@ def _build() -> None:
     )
 
 
+def _reason(message: str, limit: int = 400) -> str:
+    """The telling part of a build error: the compiler's first ``error:`` lines, else its end."""
+    lines = message.strip().splitlines()
+    errors = [line.strip() for line in lines if ": error" in line or "error:" in line]
+    return " ".join(errors[:2] or lines[-3:])[-limit:]
+
+
 def available() -> bool:
     """Whether the compiled operators are loaded, building them on the first call.
 
@@ -74,7 +81,7 @@ def available() -> bool:
                 _state["ok"] = False
                 warnings.warn(
                     "augmentbn: could not build the compiled CPU operators "
-                    f"({type(error).__name__}: {str(error).strip()[:300]}). The layers run "
+                    f"({type(error).__name__}: {_reason(str(error))}). The layers run "
                     "their PyTorch implementation instead: the same results, slower at small "
                     "batches. To build them, install a C++ compiler and `pip install ninja`; "
                     f"to skip them without this warning, set {ENV_VAR}=0.",
