@@ -209,3 +209,12 @@ def test_a_failed_build_names_the_compiler_error():
     )
     assert _cpu_ops._reason(log) == "cpu_ops.cpp:12:3: error: 'foo' was not declared in this scope"
     assert _cpu_ops._reason("c++: command not found") == "c++: command not found"
+
+
+@pytest.mark.parametrize(
+    "platform,openmp", [("linux", "-fopenmp"), ("darwin", None), ("win32", "/openmp")]
+)
+def test_openmp_only_where_the_platform_compiler_has_it(platform, openmp, monkeypatch):
+    monkeypatch.setattr(_cpu_ops.sys, "platform", platform)
+    cflags = _cpu_ops._compiler_flags()["extra_cflags"]
+    assert (openmp in cflags) if openmp else not any("openmp" in flag for flag in cflags)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,12 +52,21 @@ def _build() -> None:
     cpp_extension.load(
         name="augmentbn_cpu_ops",
         sources=[str(SOURCE)],
-        # -fopenmp for at::parallel_for; it links libgomp.so.1, the runtime torch has loaded.
-        extra_cflags=["-O3", "-fopenmp"],
-        extra_ldflags=["-fopenmp"],
+        **_compiler_flags(),
         is_python_module=False,
         verbose=False,
     )
+
+
+def _compiler_flags() -> dict[str, list[str]]:
+    """Optimization, and OpenMP for ``at::parallel_for`` where torch itself uses it: on Linux,
+    ``-fopenmp`` links ``libgomp.so.1``, the runtime torch has already loaded. Apple's clang has
+    no OpenMP; there the rows are summed on one thread. (Built and tested on Linux with GCC.)"""
+    if sys.platform == "win32":
+        return {"extra_cflags": ["/O2", "/openmp"]}
+    if sys.platform == "darwin":
+        return {"extra_cflags": ["-O3"]}
+    return {"extra_cflags": ["-O3", "-fopenmp"], "extra_ldflags": ["-fopenmp"]}
 
 
 def _reason(message: str, limit: int = 400) -> str:
