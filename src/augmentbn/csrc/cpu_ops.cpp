@@ -249,21 +249,22 @@ double momentum_value(double momentum, const OptionalTensor& momentum_tensor) {
 // ------------------------------------------------------------------------------------------
 
 // Forward: the native per-channel affine at (mean', var'). Backward: BatchNorm's backward at
-// (mean', s = 1/sqrt(var' + eps)) plus, per channel, gamma s^2 mean(g xhat) times
-// -delta (gaussian_clip, uniform) or, on channels where gaussian_reject's max(., 0) is active,
-// (x - mean'). `correction` holds gamma s^2 delta, or gamma s^2 on clamped channels (`clamped`).
+// (mean', s = 1/sqrt(var' + eps)) minus, for gaussian_clip and uniform, the per-channel
+// gamma s^2 delta mean(g xhat) (`correction` holds gamma s^2 delta); for gaussian_reject,
+// channels where max(., 0) clamps (`clamped`, a bool mask) get gamma s (g - mean(g)) directly,
+// since there the backward's xhat mean(g xhat) would cancel against a term of the same size.
 struct AugmentBatchNormFunction : public torch::autograd::Function<AugmentBatchNormFunction> {
   static Tensor forward(AutogradContext* ctx, const Tensor& input, const OptionalTensor& weight,
                         const OptionalTensor& bias, const Tensor& shifted_mean,
                         const Tensor& var_used, const Tensor& invstd,
-                        const OptionalTensor& correction, bool clamped, double eps) {
+                        const OptionalTensor& correction, const OptionalTensor& clamped,
+                        double eps) {
     record_edges(ctx, {{"input", nullptr}, {"weight", &weight}, {"bias", &bias}});
     Tensor output = std::get<0>(
         at::native_batch_norm(input, weight, bias, shifted_mean, var_used, false, 0.0, eps));
-    ctx->save_for_backward(
-        {input, value_or_undefined(weight), shifted_mean, invstd, value_or_undefined(correction)});
+    ctx->save_for_backward({input, value_or_undefined(weight), shifted_mean, invstd,
+                            value_or_undefined(correction), value_or_undefined(clamped)});
     ctx->saved_data["eps"] = eps;
-    ctx->saved_data["clamped"] = clamped;
     return output;
   }
 
@@ -274,22 +275,25 @@ struct AugmentBatchNormFunction : public torch::autograd::Function<AugmentBatchN
   static variable_list gradients(AutogradContext* ctx, const variable_list& grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const Tensor &input = saved[0], &weight = saved[1], &shifted_mean = saved[2];
-    const Tensor &invstd = saved[3], &correction = saved[4];
+    const Tensor &invstd = saved[3], &correction = saved[4], &clamped = saved[5];
     const bool need_input = needs_grad(ctx, "input");
+    const Tensor grad_output = grad_outputs[0].contiguous();
     auto [grad_input, grad_weight, grad_bias] = at::native_batch_norm_backward(
-        grad_outputs[0].contiguous(), input, weight, Tensor(), Tensor(), shifted_mean, invstd, true,
-        ctx->saved_data["eps"].toDouble(), {need_input, true, needs_grad(ctx, "bias")});
-    if (need_input && correction.defined()) {
-      // grad_weight = sum(g xhat) = M mean(g xhat); grad_input is ours to update in place.
+        grad_output, input, weight, Tensor(), Tensor(), shifted_mean, invstd, true,
+        ctx->saved_data["eps"].toDouble(),
+        {need_input, true, needs_grad(ctx, "bias") || clamped.defined()});
+    if (need_input) {
       const int64_t ndim = input.dim();
       const double count = static_cast<double>(input.numel() / input.size(1));
-      const Tensor coef = correction * grad_weight;
-      if (!ctx->saved_data["clamped"].toBool()) {
-        grad_input.add_(channel_view(coef, ndim), -1.0 / count);
-      } else {
-        const Tensor slope = coef / count;
-        grad_input.addcmul_(input, channel_view(slope, ndim));
-        grad_input.sub_(channel_view(slope * shifted_mean, ndim));
+      if (correction.defined()) {
+        // grad_weight = sum(g xhat) = M mean(g xhat); grad_input is ours to update in place.
+        grad_input.add_(channel_view(correction * grad_weight, ndim), -1.0 / count);
+      }
+      if (clamped.defined()) {
+        const Tensor gain = weight.defined() ? weight * invstd : invstd;
+        const Tensor direct = at::addcmul(channel_view(-gain * grad_bias / count, ndim),
+                                          grad_output, channel_view(gain, ndim));
+        grad_input = at::where(channel_view(clamped, ndim), direct, grad_input);
       }
     }
     return padded(
@@ -307,7 +311,8 @@ Tensor augment_batch_norm_train(const Tensor& input, const OptionalTensor& weigh
                                 const OptionalTensor& running_mean,
                                 const OptionalTensor& running_var, double momentum,
                                 const OptionalTensor& momentum_tensor, bool reject,
-                                bool clean_running_stats, double eps) {
+                                bool clean_running_stats, double eps,
+                                const OptionalTensor& clamp_count) {
   const int64_t C = input.size(1);
   check_channels("augmentbn::augment_batch_norm_train", C,
                  {{"weight", &weight},
@@ -320,23 +325,22 @@ Tensor augment_batch_norm_train(const Tensor& input, const OptionalTensor& weigh
   const Moments m = moments(input, /*batch_stats=*/true);
   const std::vector<double> delta = to_doubles(mean_shift);
   const std::vector<double> gamma = given(weight) ? to_doubles(*weight) : std::vector<double>();
-  std::vector<double> shifted(C), var_used(C), invstd(C), correction(C);
-  bool clamped = false;
+  std::vector<double> shifted(C), var_used(C), invstd(C), correction(C), clamped(C, 0.0);
+  bool any_clamped = false;
   for (int64_t c = 0; c < C; ++c) {
     shifted[c] = m.mean[c] + delta[c];
     double v;
     if (reject) {
       const double raw = m.var[c] - delta[c] * (m.mean[c] + shifted[c]);
       v = std::max(raw, 0.0);
-      correction[c] = raw < 0 ? 1.0 : 0.0;  // 1 - rho
-      clamped = clamped || raw < 0;
+      clamped[c] = raw < 0 ? 1.0 : 0.0;
+      any_clamped = any_clamped || raw < 0;
     } else {
       v = m.var[c] + delta[c] * delta[c];
-      correction[c] = delta[c];
     }
     var_used[c] = v;
     invstd[c] = 1.0 / std::sqrt(v + eps);
-    correction[c] *= (gamma.empty() ? 1.0 : gamma[c]) / (v + eps);
+    correction[c] = delta[c] * (gamma.empty() ? 1.0 : gamma[c]) / (v + eps);
   }
   if (given(running_mean) && given(running_var)) {
     const double w = momentum_value(momentum, momentum_tensor);
@@ -348,13 +352,17 @@ Tensor augment_batch_norm_train(const Tensor& input, const OptionalTensor& weigh
       update_running_stats(*running_mean, *running_var, shifted, var_used, w);
     }
   }
+  if (given(clamp_count) && any_clamped) {
+    int64_t clamped_channels = 0;
+    for (int64_t c = 0; c < C; ++c) clamped_channels += clamped[c] > 0 ? 1 : 0;
+    clamp_count->add_(clamped_channels);
+  }
   const auto options = input.options();
-  const bool has_correction = !reject || clamped;
   return AugmentBatchNormFunction::apply(
       input, weight, bias, tensor_of(shifted, options), tensor_of(var_used, options),
       tensor_of(invstd, options),
-      has_correction ? OptionalTensor(tensor_of(correction, options)) : std::nullopt,
-      reject && clamped, eps);
+      reject ? std::nullopt : OptionalTensor(tensor_of(correction, options)),
+      any_clamped ? OptionalTensor(tensor_of(clamped, options).to(at::kBool)) : std::nullopt, eps);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -558,7 +566,8 @@ TORCH_LIBRARY(augmentbn, m) {
   m.def(
       "augment_batch_norm_train(Tensor input, Tensor? weight, Tensor? bias, Tensor mean_shift, "
       "Tensor(a!)? running_mean, Tensor(b!)? running_var, float momentum, "
-      "Tensor? momentum_tensor, bool reject, bool clean_running_stats, float eps) -> Tensor",
+      "Tensor? momentum_tensor, bool reject, bool clean_running_stats, float eps, "
+      "Tensor(c!)? clamp_count) -> Tensor",
       &augment_batch_norm_train);
   m.def(
       "ie_batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor weight_readjust, "

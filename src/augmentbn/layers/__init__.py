@@ -1,7 +1,14 @@
 """Normalization layers that regulate batch noise: AugmentBN (NABN) and IEBN."""
 
 from ._base import BatchNormBase
-from .augment import AugmentBatchNorm1d, AugmentBatchNorm2d, AugmentBatchNorm3d, GauBatchNorm2d
+from .augment import (
+    AugmentBatchNorm1d,
+    AugmentBatchNorm2d,
+    AugmentBatchNorm3d,
+    GauBatchNorm2d,
+    clamp_counts,
+    warn_if_clamped,
+)
 from .factory import (
     NORM_LAYERS,
     create_norm_layer,
@@ -22,8 +29,10 @@ __all__ = [
     "IEBatchNorm1d",
     "IEBatchNorm2d",
     "IEBatchNorm3d",
+    "clamp_counts",
     "create_norm_layer",
     "default_num_groups",
     "get_norm_layer",
     "list_norm_layers",
+    "warn_if_clamped",
 ]

@@ -33,21 +33,28 @@ class BatchNormBase(_NormBase):
                 f"shape {tuple(input.shape)}"
             )
 
-    def _prepare(self, input: Tensor) -> float | Tensor:
-        """Check ``input``, count the batch and return the momentum of the running averages.
-
-        Nothing is updated unless every check passes. ``momentum=None`` gives the cumulative
-        average ``1 / num_batches_tracked`` as a tensor, so no host synchronization is needed and
-        ``torch.compile`` sees no data-dependent Python float.
-        """
+    def _check_forward_args(self, input: Tensor) -> None:
+        """Raise ``ValueError`` for a bad ``forward`` argument; subclasses add theirs."""
         self._check_input_dim(input)
         use_batch_stats = self.training or not self.track_running_stats
         check_input(input, self.num_features, use_batch_stats, type(self).__name__)
+
+    def _prepare(self, input: Tensor, **forward_args: object) -> float | Tensor:
+        """Check every ``forward`` argument, count the batch and return the momentum of the
+        running averages.
+
+        Nothing is updated unless every check passes. ``momentum=None`` gives the cumulative
+        average ``1 / num_batches_tracked`` as a tensor (in the running statistics' precision, at
+        least float32), so no host synchronization is needed and ``torch.compile`` sees no
+        data-dependent Python float.
+        """
+        self._check_forward_args(input, **forward_args)
         momentum: float | Tensor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:
-                momentum = 1.0 / self.num_batches_tracked.to(torch.float32)
+                dtype = torch.promote_types(self.running_mean.dtype, torch.float32)
+                momentum = 1.0 / self.num_batches_tracked.to(dtype)
         return momentum
 
     def _running_stats(self) -> tuple[Tensor | None, Tensor | None]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+import warnings
 
-from ..functional import augment_batch_norm, check_noise_args, check_running_stats
+import torch
+from torch import Tensor, nn
+
+from ..functional import augment_batch_norm, check_mean_shift
+from ..methods.checks import check_noise_args, check_running_stats, default_theta
 from ._base import BatchNormBase
 
 __all__ = [
@@ -13,6 +16,8 @@ __all__ = [
     "AugmentBatchNorm2d",
     "AugmentBatchNorm3d",
     "GauBatchNorm2d",
+    "clamp_counts",
+    "warn_if_clamped",
 ]
 
 
@@ -27,7 +32,8 @@ class _AugmentBatchNorm(BatchNormBase):
         num_features: ``C`` of an ``(N, C, *S)`` input.
         eps, momentum, affine, track_running_stats: as ``nn.BatchNorm``
             (``momentum=None`` is a cumulative average).
-        theta: bound ``θ`` of the mean shift.
+        theta: bound ``θ`` of the mean shift; ``None``: 0.2, and 0.3 for ``uniform`` (the
+            references' defaults).
         noise: ``"gaussian_clip"`` (the paper's PyTorch code), ``"gaussian_reject"`` (the Jittor
             seed) or ``"uniform"`` (the paper's ablation).
         noise_std: standard deviation ``s`` of the Gaussian before clipping or rejection.
@@ -45,7 +51,7 @@ class _AugmentBatchNorm(BatchNormBase):
         affine: bool = True,
         track_running_stats: bool = True,
         *,
-        theta: float = 0.2,
+        theta: float | None = None,
         noise: str = "gaussian_clip",
         noise_std: float = 1.0,
         running_stats: str = "perturbed",
@@ -58,15 +64,20 @@ class _AugmentBatchNorm(BatchNormBase):
         super().__init__(
             num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype
         )
-        self.theta = theta
+        self.theta = default_theta(noise) if theta is None else theta
         self.noise = noise
         self.noise_std = noise_std
         self.running_stats = running_stats
         self.generator = generator
+        # gaussian_reject's channel-steps where max(mean(x²) - μ'², 0) clamped v' to 0, counted
+        # on the device; read (one synchronization) by clamp_counts, at the end of an epoch.
+        self.register_buffer(
+            "clamped_channels", torch.zeros((), dtype=torch.int64, device=device), persistent=False
+        )
 
     def forward(self, input: Tensor, mean_shift: Tensor | None = None) -> Tensor:
         """Normalize ``input``; ``mean_shift`` (shape ``(C,)``), if given, is used as ``δ``."""
-        momentum = self._prepare(input)
+        momentum = self._prepare(input, mean_shift=mean_shift)
         running_mean, running_var = self._running_stats()
         return augment_batch_norm(
             input,
@@ -83,7 +94,12 @@ class _AugmentBatchNorm(BatchNormBase):
             running_stats=self.running_stats,
             mean_shift=mean_shift,
             generator=self.generator,
+            clamp_count=self.clamped_channels if self.noise == "gaussian_reject" else None,
         )
+
+    def _check_forward_args(self, input: Tensor, mean_shift: Tensor | None = None) -> None:
+        super()._check_forward_args(input)
+        check_mean_shift(mean_shift, self.num_features, type(self).__name__)
 
     def extra_repr(self) -> str:
         return (
@@ -111,4 +127,51 @@ class AugmentBatchNorm3d(_AugmentBatchNorm):
 
 
 GauBatchNorm2d = AugmentBatchNorm2d
-"""The name of the paper's PyTorch code (its default noise, ``gaussian_clip``, is ours too)."""
+"""The name of the paper's PyTorch code, with its default noise ``gaussian_clip`` (ours too).
+The Jittor seed's ``GauBatchNorm`` (:class:`augmentbn.jittor.GauBatchNorm`) draws
+``gaussian_reject`` instead; ``AugmentBatchNorm2d(C, noise="gaussian_reject")`` is that here."""
+
+
+def clamp_counts(module: nn.Module, *, reset: bool = True) -> dict[str, int]:
+    """Per gaussian_reject NABN layer of ``module``: the channel-steps, since the last reset,
+    where the Jittor seed's variance ``max(mean(x²) - μ'², 0)`` clamped to 0 (which happens
+    when ``|μ|·|δ|`` exceeds about ``σ²/2``: the channel is then divided by ``sqrt(ε)``).
+
+    One host synchronization for all layers: call it at the end of an epoch, not per step.
+    """
+    layers = {
+        name: layer
+        for name, layer in module.named_modules()
+        if isinstance(layer, _AugmentBatchNorm) and layer.noise == "gaussian_reject"
+    }
+    if not layers:
+        return {}
+    counters = [layer.clamped_channels for layer in layers.values()]
+    values = torch.stack([c.to(counters[0].device) for c in counters]).tolist()
+    if reset:
+        for counter in counters:
+            counter.zero_()
+    return dict(zip(layers, values, strict=True))
+
+
+_warned_clamping = False
+
+
+def warn_if_clamped(module: nn.Module) -> int:
+    """Read and reset :func:`clamp_counts`; warn once per process when some channel clamped.
+    Returns the number of clamped channel-steps."""
+    global _warned_clamping
+    counts = clamp_counts(module)
+    total = sum(counts.values())
+    if total and not _warned_clamping:
+        _warned_clamping = True
+        worst = max(counts, key=counts.get)
+        warnings.warn(
+            f"NABN gaussian_reject: the Jittor seed's variance max(mean(x²) - μ'², 0) clamped to 0 "
+            f"on {total} channel-steps ({counts[worst]} in layer {worst!r}); those channels are "
+            "divided by sqrt(eps). It happens where |mean|·|δ| exceeds about variance/2 "
+            "(README, 'NABN: three noise types'); noise='gaussian_clip' has no such clamp.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return total
