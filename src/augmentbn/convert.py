@@ -1,13 +1,12 @@
 """Swap the normalization layers of any model, as ``SyncBatchNorm.convert_sync_batchnorm`` does.
 
-``placement="paper"`` follows the papers (DESIGN.md 1.1 and 1.2):
-
-- NABN replaces the stem BN, the last BN of every residual block and the shortcut BN;
-- IEBN replaces every BN except the shortcut's.
-
-It knows a network by its residual blocks and stems, registered with :func:`register_block`
-and :func:`register_stem` (torchvision's ResNet is registered here, by name, so torchvision is
-not imported).
+``placement="paper"`` puts the method at its paper's roles (:mod:`augmentbn.methods.placement`):
+NABN at the stem BN, the last BN of every residual block and the shortcut BN; IEBN at every BN
+except the shortcut's. A layer's role is the one its model declared when it was built
+(augmentbn's models ask a :class:`~augmentbn.methods.NormPlan` for each norm by role), or else
+the one its residual block and stem say, registered with :func:`register_block` and
+:func:`register_stem` for third-party networks (torchvision's ResNet is registered here, by
+name, so torchvision is not imported).
 """
 
 from __future__ import annotations
@@ -18,20 +17,31 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers.augment import AugmentBatchNorm1d, AugmentBatchNorm2d, AugmentBatchNorm3d
-from .layers.instance_enhance import IEBatchNorm1d, IEBatchNorm2d, IEBatchNorm3d
+from .methods import (
+    PLACEMENTS,
+    ROLE_ATTRIBUTE,
+    get_method,
+    layer_classes,
+    list_methods,
+    resolve_placement,
+)
+from .methods.spec import MethodSpec
 
 __all__ = ["PLACEMENTS", "convert_norm", "paper_placement", "register_block", "register_stem"]
 
-PLACEMENTS = ("all", "paper")
 
-_TARGETS: dict[str, tuple[type[nn.Module], ...]] = {
-    "bn": (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),
-    "nabn": (AugmentBatchNorm1d, AugmentBatchNorm2d, AugmentBatchNorm3d),
-    "iebn": (IEBatchNorm1d, IEBatchNorm2d, IEBatchNorm3d),
-}
-# Every convertible class, by the number of spatial dimensions it normalizes (1d counts as 1).
-_SPATIAL_DIMS = {cls: dims + 1 for classes in _TARGETS.values() for dims, cls in enumerate(classes)}
+def _convertible_methods() -> list[MethodSpec]:
+    """The methods whose PyTorch layers keep ``nn.BatchNorm``'s state (bn, nabn, iebn)."""
+    specs = (get_method(name) for name in list_methods(backend="torch"))
+    return [spec for spec in specs if spec.batchnorm_state]
+
+
+def _spatial_dims_of() -> dict[type, int]:
+    """Every convertible class, by the number of spatial dimensions it normalizes (1d: 1)."""
+    classes = layer_classes("torch", batchnorm_state=True)
+    return {cls: i % 3 + 1 for i, cls in enumerate(classes)}
+
+
 _SHARED_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _GATE_STATE = ("weight_readjust", "bias_readjust")
 
@@ -99,30 +109,47 @@ def _existing(module: nn.Module, prefix: str, paths: Iterable[str]) -> list[str]
     return found
 
 
-def paper_placement(module: nn.Module, to: str) -> set[str]:
-    """Qualified names of the norm layers that ``to`` (``"nabn"`` or ``"iebn"``) replaces."""
-    stems, lasts, shortcuts, recognized = [], [], [], False
+def _site_roles(module: nn.Module) -> dict[str, str]:
+    """The role of every convertible norm layer that has one: declared by the model that built
+    it, or else given by its registered residual block or stem. Other layers of a registered
+    block are ``inner``; a declared role wins over a registered one."""
+    convertible = _spatial_dims_of()
+    roles: dict[str, str] = {}
     for prefix, child in module.named_modules():
-        stem = _lookup(_STEMS, child)
-        if stem is not None:
-            stems += _existing(child, prefix, stem)
         block = _lookup(_BLOCKS, child)
         if block is not None:
-            recognized = True
-            lasts += _existing(child, prefix, block.last)
-            shortcuts += _existing(child, prefix, block.shortcut)
-    if not recognized:
+            for name, layer in child.named_modules(prefix=prefix):
+                if type(layer) in convertible and name != prefix:
+                    roles.setdefault(name, "inner")
+            for role, paths in (("last", block.last), ("shortcut", block.shortcut)):
+                for name in _existing(child, prefix, paths):
+                    roles[name] = role
+        stem = _lookup(_STEMS, child)
+        if stem is not None:
+            for name in _existing(child, prefix, stem):
+                roles[name] = "stem"
+    for name, layer in module.named_modules():
+        declared = getattr(layer, ROLE_ATTRIBUTE, None)
+        if declared is not None and type(layer) in convertible:
+            roles[name] = declared
+    return roles
+
+
+def paper_placement(module: nn.Module, to: str) -> set[str]:
+    """Qualified names of the norm layers that ``to``'s paper placement replaces."""
+    spec = get_method(to)
+    resolve_placement(spec, "paper")
+    roles = _site_roles(module)
+    if not roles:
         known = sorted(k.rsplit(".", 1)[-1] for k in _BLOCKS)
         raise ValueError(
-            f"placement='paper' recognizes residual networks built from the registered blocks "
-            f"({', '.join(known)}), and {type(module).__name__} contains none of them; use "
+            f"placement='paper' needs to know the role of each norm layer: it recognizes "
+            f"augmentbn's models and networks built from the registered blocks "
+            f"({', '.join(known)}), and {type(module).__name__} has none of them; use "
             "placement='all', pass a filter, or register the block with "
             "augmentbn.convert.register_block"
         )
-    if to == "nabn":
-        return set(stems) | set(lasts) | set(shortcuts)
-    every = {name for name, m in module.named_modules() if type(m) in _SPATIAL_DIMS}
-    return every - set(shortcuts)
+    return {name for name, role in roles.items() if role in spec.paper_roles}
 
 
 def _convert_layer(layer: nn.Module, target: type[nn.Module], layer_kwargs: dict) -> nn.Module:
@@ -140,6 +167,9 @@ def _convert_layer(layer: nn.Module, target: type[nn.Module], layer_kwargs: dict
         **factory,
     )
     names = _SHARED_STATE + (_GATE_STATE if hasattr(new, "weight_readjust") else ())
+    role = getattr(layer, ROLE_ATTRIBUTE, None)
+    if role is not None:
+        setattr(new, ROLE_ATTRIBUTE, role)
     with torch.no_grad():
         for name in names:
             old, fresh = getattr(layer, name, None), getattr(new, name, None)
@@ -163,45 +193,54 @@ def convert_norm(
     Args:
         module: any ``nn.Module``; a norm layer itself is converted and returned. Children are
             replaced in place.
-        to: ``"nabn"``, ``"iebn"``, or ``"bn"`` (back to plain ``nn.BatchNorm``).
-        placement: ``"all"`` or ``"paper"`` (the papers' placement, for recognized networks).
+        to: a registered method that keeps BatchNorm's state: ``"nabn"``, ``"iebn"``, or
+            ``"bn"`` (back to plain ``nn.BatchNorm``), or an alias of one.
+        placement: ``"all"`` or ``"paper"`` (the paper's placement, for recognized networks).
         filter: ``(qualified_name, layer) -> bool``; only layers it accepts are converted.
-        **layer_kwargs: arguments of the new layers (e.g. ``theta``, ``noise`` for NABN).
+        **layer_kwargs: arguments of the new layers (e.g. ``theta``, ``noise`` for NABN),
+            checked by the registry.
 
     ``nn.BatchNorm{1,2,3}d`` and augmentbn's layers are converted; weights, running statistics,
-    ``num_batches_tracked``, device, dtype, ``requires_grad`` and train/eval mode carry over
-    (IEBN's gate parameters too, between IEBN layers). Eval outputs are unchanged by
-    conversions between BN and NABN. ``nn.SyncBatchNorm`` is left alone.
+    ``num_batches_tracked``, device, dtype, ``requires_grad``, train/eval mode and the declared
+    role carry over (IEBN's gate parameters too, between IEBN layers). Eval outputs are unchanged
+    by conversions between BN and NABN. ``nn.SyncBatchNorm`` is left alone.
     """
-    if to not in _TARGETS:
-        raise ValueError(f"unknown target {to!r}; expected one of {tuple(_TARGETS)}")
+    spec = get_method(to)
+    if not spec.batchnorm_state:
+        convertible = ", ".join(s.name for s in _convertible_methods())
+        raise ValueError(
+            f"convert_norm converts between layers that keep BatchNorm's state ({convertible}); "
+            f"norm {spec.name!r} does not: build the model with it instead "
+            "(augmentbn.models.create_model(..., norm=...) or get_norm_layer)"
+        )
     if placement not in PLACEMENTS:
         raise ValueError(f"unknown placement {placement!r}; expected one of {PLACEMENTS}")
-    if to == "bn" and layer_kwargs:
+    layer_kwargs = spec.resolve(layer_kwargs, f"convert_norm(to={spec.name!r})")
+    if spec.name == "bn" and layer_kwargs:
         raise ValueError(
             f"convert_norm(to='bn') takes no layer arguments, got {sorted(layer_kwargs)}"
         )
-    selected = paper_placement(module, to) if placement == "paper" and to != "bn" else None
+    spatial_dims = _spatial_dims_of()
+    selected = paper_placement(module, spec.name) if placement == "paper" else None
     converted: dict[int, nn.Module] = {}  # a layer shared by several parents stays shared
 
     def wanted(name: str, layer: nn.Module) -> bool:
-        if type(layer) not in _SPATIAL_DIMS:
+        if type(layer) not in spatial_dims:
             return False
         if selected is not None and name not in selected:
             return False
         return filter is None or filter(name, layer)
 
-    def swap(name: str, layer: nn.Module) -> nn.Module:
+    def swap(layer: nn.Module) -> nn.Module:
         if id(layer) not in converted:
-            target = _TARGETS[to][_SPATIAL_DIMS[type(layer)] - 1]
+            target = spec.layer_class("torch", spatial_dims[type(layer)])
             converted[id(layer)] = _convert_layer(layer, target, layer_kwargs)
         return converted[id(layer)]
 
     if wanted("", module):
-        return swap("", module)
+        return swap(module)
     for parent_name, parent in list(module.named_modules()):
         for child_name, child in list(parent.named_children()):
-            qualified = _join(parent_name, child_name)
-            if wanted(qualified, child):
-                setattr(parent, child_name, swap(qualified, child))
+            if wanted(_join(parent_name, child_name), child):
+                setattr(parent, child_name, swap(child))
     return module

@@ -101,7 +101,7 @@ def _register(arch: str, description: str) -> None:
         f"torchvision {description}; ``kwargs`` (e.g. ``weights``) reach "
         f"``torchvision.models.{arch}``."
     )
-    register_model()(builder)
+    register_model(norm_roles=False)(builder)
 
 
 _register("resnet18", "ResNet-18 (basic blocks 2-2-2-2)")

@@ -20,13 +20,15 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..convert import register_block, register_stem
+from ..methods import NormPlan, as_norm_plan
 from .init import init_conv_weights
 from .registry import register_model
 
 __all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "resnet_cifar"]
 
-NormLayer = Callable[[int], nn.Module]
+NormLayer = NormPlan | Callable[[int], nn.Module]
+"""A :class:`~augmentbn.methods.NormPlan` (each site asks for its role), or a callable
+``num_features -> nn.Module`` used at every site (torchvision's ``norm_layer``)."""
 
 
 class BasicBlock(nn.Module):
@@ -48,10 +50,11 @@ class BasicBlock(nn.Module):
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ValueError("BasicBlock supports only groups=1 and base_width=64")
+        norms = as_norm_plan(norm_layer, nn.BatchNorm2d)
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = norm_layer(planes)
+        self.bn1 = norms(planes, "inner")
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = norm_layer(planes)
+        self.bn2 = norms(planes, "last")
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -84,12 +87,13 @@ class Bottleneck(nn.Module):
     ) -> None:
         super().__init__()
         width = int(planes * base_width / 64) * groups
+        norms = as_norm_plan(norm_layer, nn.BatchNorm2d)
         self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
-        self.bn1 = norm_layer(width)
+        self.bn1 = norms(width, "inner")
         self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
-        self.bn2 = norm_layer(width)
+        self.bn2 = norms(width, "inner")
         self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
-        self.bn3 = norm_layer(planes * self.expansion)
+        self.bn3 = norms(planes * self.expansion, "last")
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -103,11 +107,6 @@ class Bottleneck(nn.Module):
 
 Block = type[BasicBlock] | type[Bottleneck]
 
-# Where each paper puts its layer (DESIGN.md 1.1, 1.2): the last BN of a block, the shortcut BN
-# and the stem BN.
-register_block(BasicBlock, last=("bn2",), shortcut=("downsample.1",))
-register_block(Bottleneck, last=("bn3",), shortcut=("downsample.1",))
-
 
 class CifarResNet(nn.Module):
     """Stem (3×3 conv, norm, ReLU), three stages (strides 1, 2, 2), average pool, linear.
@@ -118,7 +117,10 @@ class CifarResNet(nn.Module):
         widths: ``planes`` of each stage (block output is ``planes × block.expansion``).
         stem_width: output channels of the stem (default ``widths[0]``).
         groups, base_width: grouped bottlenecks (ResNeXt); see :class:`Bottleneck`.
-        norm_layer: ``num_features -> nn.Module``; default ``nn.BatchNorm2d``.
+        norm_layer: a :class:`~augmentbn.methods.NormPlan`, whose sites are the stem BN
+            (``stem``), a block's BNs (``inner``) but its last (``last``: ``bn2`` of a basic
+            block, ``bn3`` of a bottleneck), and the shortcut BN (``shortcut``); or a callable
+            ``num_features -> nn.Module`` for every site; default ``nn.BatchNorm2d``.
     """
 
     def __init__(
@@ -137,13 +139,13 @@ class CifarResNet(nn.Module):
         super().__init__()
         if len(layers) != 3 or len(widths) != 3:
             raise ValueError(f"a CIFAR ResNet has 3 stages; got layers={layers}, widths={widths}")
-        norm_layer = norm_layer or nn.BatchNorm2d
+        norms = as_norm_plan(norm_layer, nn.BatchNorm2d)
         self.inplanes = stem_width or widths[0]
         self.conv1 = nn.Conv2d(in_chans, self.inplanes, 3, 1, 1, bias=False)
-        self.bn1 = norm_layer(self.inplanes)
+        self.bn1 = norms(self.inplanes, "stem")
         self.relu = nn.ReLU(inplace=True)
         stages = [
-            self._make_stage(block, planes, blocks, stride, norm_layer, groups, base_width)
+            self._make_stage(block, planes, blocks, stride, norms, groups, base_width)
             for planes, blocks, stride in zip(widths, layers, (1, 2, 2), strict=True)
         ]
         self.layer1, self.layer2, self.layer3 = stages
@@ -157,7 +159,7 @@ class CifarResNet(nn.Module):
         planes: int,
         blocks: int,
         stride: int,
-        norm_layer: NormLayer,
+        norms: NormPlan,
         groups: int,
         base_width: int,
     ) -> nn.Sequential:
@@ -166,9 +168,9 @@ class CifarResNet(nn.Module):
         if stride != 1 or self.inplanes != out_planes:
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, out_planes, 1, stride, bias=False),
-                norm_layer(out_planes),
+                norms(out_planes, "shortcut"),
             )
-        kwargs = {"norm_layer": norm_layer, "groups": groups, "base_width": base_width}
+        kwargs = {"norm_layer": norms, "groups": groups, "base_width": base_width}
         stage = [block(self.inplanes, planes, stride, downsample, **kwargs)]
         self.inplanes = out_planes
         stage += [block(out_planes, planes, **kwargs) for _ in range(1, blocks)]
@@ -179,8 +181,6 @@ class CifarResNet(nn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
-
-register_stem(CifarResNet, ("bn1",))
 
 _BLOCKS: dict[str, tuple[Block, int, str]] = {
     "basic": (BasicBlock, 6, "20, 32, 44, 56, 110"),

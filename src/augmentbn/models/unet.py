@@ -4,7 +4,8 @@ Encoder: a double convolution, then four times max-pool (2) + double convolution
 ``w, 2w, 4w, 8w, 8w`` with interpolating upsampling (``w`` = ``base_width``, 64 by default).
 Decoder: four times upsample ×2, concatenate the skip connection, double convolution; a 1×1
 convolution gives the logits, at the input's spatial size. A double convolution is
-``(conv 3, norm, ReLU) × 2``; the seed uses NABN for every one of its norms, which is what
+``(conv 3, norm, ReLU) × 2``; both papers' U-Nets (the NABN paper's MSD-liver network and the
+Jittor seed's) use NABN for every one of its norms, the ``conv`` role, which is what
 ``placement="paper"`` gives. ``spatial_dims=3`` builds the same network from 3d layers, with
 trilinear upsampling.
 
@@ -22,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..convert import register_block
+from ..methods import NormPlan, as_norm_plan
 from .init import init_conv_weights
 from .registry import register_model
 
 __all__ = ["DoubleConv", "UNet"]
 
-NormLayer = Callable[[int], nn.Module]
+NormLayer = NormPlan | Callable[[int], nn.Module]
 
 
 class _Ops(NamedTuple):
@@ -65,21 +66,18 @@ class DoubleConv(nn.Module):
         norm_layer: NormLayer,
     ) -> None:
         super().__init__()
-        conv = _layers(spatial_dims).conv
+        ops = _layers(spatial_dims)
+        norms = as_norm_plan(norm_layer, ops.batch_norm)
         mid_channels = mid_channels or out_channels
-        self.conv1 = conv(in_channels, mid_channels, 3, padding=1, bias=False)
-        self.bn1 = norm_layer(mid_channels)
-        self.conv2 = conv(mid_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = norm_layer(out_channels)
+        self.conv1 = ops.conv(in_channels, mid_channels, 3, padding=1, bias=False)
+        self.bn1 = norms(mid_channels, "conv")
+        self.conv2 = ops.conv(mid_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = norms(out_channels, "conv")
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         return self.relu(self.bn2(self.conv2(x)))
-
-
-# The seed replaces every norm of the double convolutions (DESIGN.md 1.1).
-register_block(DoubleConv, last=("bn1", "bn2"))
 
 
 class Down(nn.Module):
@@ -150,7 +148,9 @@ class UNet(nn.Module):
         spatial_dims: 2 (images) or 3 (volumes).
         upsampling: ``"interpolate"`` (bilinear/trilinear, the seed's default) or
             ``"transpose"`` (transposed convolutions).
-        norm_layer: ``num_features -> nn.Module``; default BatchNorm of ``spatial_dims``.
+        norm_layer: a :class:`~augmentbn.methods.NormPlan` (every norm of the double
+            convolutions is a ``conv`` site), or ``num_features -> nn.Module``; default
+            BatchNorm of ``spatial_dims``.
     """
 
     def __init__(
@@ -167,7 +167,7 @@ class UNet(nn.Module):
         if upsampling not in _UPSAMPLING:
             raise ValueError(f"upsampling must be one of {_UPSAMPLING}, got {upsampling!r}")
         ops = _layers(spatial_dims)
-        opts = {"spatial_dims": spatial_dims, "norm_layer": norm_layer or ops.batch_norm}
+        opts = {"spatial_dims": spatial_dims, "norm_layer": norm_layer}
         w = base_width
         factor = 2 if upsampling == "interpolate" else 1
         self.inc = DoubleConv(in_chans, w, **opts)
