@@ -8,14 +8,18 @@ values, batch mean ``μ``, biased batch variance ``σ²``, affine ``γ, β``, ep
            y  = γ (x - μ') / sqrt(v' + ε) + β
     IEBN   y  = (x - μ) / sqrt(σ² + ε) · γ · sigmoid(w · mean_S(x) + b) + β
 
-Each is written as Jittor's own ``nn.BatchNorm`` is: two per-channel reductions (``mean(x)``,
-``mean(x²)``), per-channel work on ``C`` values, then one fused ``x · scale + shift``. Jittor
-fuses the chain and differentiates it, so the cost is Jittor's BatchNorm's. ``δ`` is a constant.
+Each is written as Jittor's own ``nn.BatchNorm`` is: per-channel reductions, per-channel work on
+``C`` values, then one fused ``x · scale + shift``. Jittor fuses the chain and differentiates it,
+so the cost is Jittor's BatchNorm's. ``δ`` is a constant. The reductions are of ``x - c`` and
+``(x - c)²``, where ``c`` is each channel's first value (the shifted-data algorithm): ``E[x²] - μ²``
+would cancel in float32 once the mean is large against the spread, ``E[(x-c)²] - E[x-c]²`` does
+not, since ``c`` lies within the data.
 
-Distributed training (``jt.in_mpi`` and ``sync=True``): the sums of ``x`` and ``x²`` and the count
-are all-reduced before the statistics are formed, and ``δ`` is broadcast from rank 0, so ``P``
-processes compute what one process computes on the concatenated batch (DESIGN.md 1.1). The check
-"more than one value per channel" sees the local batch only.
+Distributed training (``jt.in_mpi`` and ``sync=True``): rank 0's ``c`` is broadcast, the sums of
+``x - c`` and ``(x - c)²`` and the count are all-reduced before the statistics are formed, and
+``δ`` is broadcast from rank 0, so ``P`` processes compute what one process computes on the
+concatenated batch (DESIGN.md 1.1). The check "more than one value per channel" sees the local
+batch only.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ from typing import Any
 import jittor as jt
 import numpy as np
 
-from ..functional import (
+from ..methods.checks import (
     NOISE_TYPES,
     RUNNING_STATS,
-    check_input,
+    check_channel_shapes,
+    check_input_shape,
     check_noise_args,
     check_running_stats,
+    default_theta,
 )
 
 __all__ = [
@@ -70,30 +76,36 @@ def _in_mpi(sync: bool) -> bool:
     return sync and jt.in_mpi
 
 
-def _moments(
-    input: jt.Var, sync: bool, instance_mean: jt.Var | None = None
-) -> tuple[jt.Var, jt.Var, float | jt.Var]:
-    """Per-channel ``mean(x)``, ``mean(x²)`` and the count ``M``, across processes under MPI.
+def check_input(input: jt.Var, num_features: int | None, batch_stats: bool, where: str) -> None:
+    """``nn.BatchNorm``'s input checks (:func:`~augmentbn.methods.checks.check_input_shape`)."""
+    check_input_shape(tuple(input.shape), num_features, batch_stats, where)
 
-    With ``instance_mean`` (``mean_S(x)``, shape ``(N, C)``, which IEBN needs anyway) the channel
-    moments are taken from the instance moments, which Jittor runs in the same passes.
+
+def _moments(input: jt.Var, sync: bool) -> tuple[jt.Var, jt.Var, float | jt.Var]:
+    """Per-channel mean, biased variance and the count ``M``, across processes under MPI.
+
+    Shifted data: with ``c`` the channel's first value (rank 0's under MPI), constant to
+    autograd, ``μ = c + mean(x - c)`` and ``σ² = mean((x - c)²) - mean(x - c)²``, which keeps
+    float32 accurate whatever the mean (``c`` lies within the data).
     """
     count = input.numel() // input.shape[1]
-    if instance_mean is None:
-        dims = _channel_dims(input)
-        mean, sq_mean = input.mean(dims), (input * input).mean(dims)
-    else:
-        spatial = list(range(2, input.ndim))
-        instance_sq_mean = (input * input).mean(spatial) if spatial else input * input
-        mean, sq_mean = instance_mean.mean(0), instance_sq_mean.mean(0)
+    dims = _channel_dims(input)
+    pilot = input[(0, slice(None), *([0] * (input.ndim - 2)))].detach()  # (C,)
+    if _in_mpi(sync):
+        pilot = pilot.mpi_broadcast(root=0)
+    centered = input - _per_channel(pilot, input, dims)
     if not _in_mpi(sync):
-        return mean, sq_mean, count
-    # One all-reduce of [Σx, Σx², M]: processes may hold batches of different sizes.
+        shift, sq = centered.mean(dims), (centered * centered).mean(dims)
+        return pilot + shift, (sq - shift * shift).maximum(0.0), count
+    # One all-reduce of [Σ(x-c), Σ(x-c)², M]: processes may hold batches of different sizes.
     c = input.shape[1]
-    local = jt.concat([mean * count, sq_mean * count, jt.array([float(count)])])
+    local = jt.concat(
+        [centered.sum(dims), (centered * centered).sum(dims), jt.array([float(count)])]
+    )
     total = local.mpi_all_reduce("add")
     count_all = total[2 * c : 2 * c + 1]
-    return total[:c] / count_all, total[c : 2 * c] / count_all, count_all
+    shift, sq = total[:c] / count_all, total[c : 2 * c] / count_all
+    return pilot + shift, (sq - shift * shift).maximum(0.0), count_all
 
 
 def _update_running_stats(
@@ -119,20 +131,18 @@ def _update_clean(
     running_mean: jt.Var,
     running_var: jt.Var,
     moments: tuple[jt.Var, jt.Var, float | jt.Var],
-    var: jt.Var,
     momentum: Momentum,
 ) -> None:
     """``torch.nn.BatchNorm``'s update: the batch mean and the unbiased variance."""
-    mean, sq_mean, count = moments
+    mean, var, count = moments
     unbiased = var * count / (count - 1)
-    _update_running_stats(
-        running_mean, running_var, mean, unbiased, momentum, _finite(mean, sq_mean)
-    )
+    _update_running_stats(running_mean, running_var, mean, unbiased, momentum, _finite(mean, var))
 
 
-def _finite(mean: jt.Var, sq_mean: jt.Var) -> jt.Var:
-    """Channels with finite moments (tested before any ``maximum``, which may hide a NaN)."""
-    return jt.isfinite(mean) & jt.isfinite(sq_mean)
+def _finite(mean: jt.Var, var: jt.Var) -> jt.Var:
+    """Channels whose batch statistics are finite (the mean is NaN or inf whenever a value is;
+    the variance is inf where the squares overflow)."""
+    return jt.isfinite(mean) & jt.isfinite(var)
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -164,9 +174,10 @@ def _normalize(
     return input * _per_channel(scale, input, dims) + _per_channel(shift, input, dims)
 
 
-def _check_running_pair(running_mean: jt.Var | None, running_var: jt.Var | None) -> None:
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together or both None")
+def _check_channel_vars(num_features: int, where: str, **vars: jt.Var | None) -> None:
+    check_channel_shapes(
+        num_features, where, {k: None if v is None else tuple(v.shape) for k, v in vars.items()}
+    )
 
 
 def _as_mean_shift(mean_shift: Any, num_features: int, where: str) -> jt.Var:
@@ -194,7 +205,7 @@ def check_mean_shift(mean_shift: Any, num_features: int, where: str) -> None:
 def sample_mean_shift(
     num_features: int,
     *,
-    theta: float = 0.2,
+    theta: float | None = None,
     noise: str = "gaussian_clip",
     noise_std: float = 1.0,
     generator: np.random.Generator | None = None,
@@ -216,6 +227,7 @@ def sample_mean_shift(
         dtype: a Jittor float dtype (default float32).
     """
     check_noise_args(theta, noise, noise_std, "sample_mean_shift")
+    theta = default_theta(noise) if theta is None else theta
     if device is not None:
         raise ValueError(
             "sample_mean_shift: device must be None in Jittor, which places every Var by "
@@ -251,7 +263,7 @@ def augment_batch_norm(
     momentum: Momentum = 0.1,
     eps: float = 1e-5,
     *,
-    theta: float = 0.2,
+    theta: float | None = None,
     noise: str = "gaussian_clip",
     noise_std: float = 1.0,
     running_stats: str = "perturbed",
@@ -273,28 +285,34 @@ def augment_batch_norm(
     ``sync`` (Jittor only, as in ``jittor.nn.BatchNorm``): under MPI, reduce the statistics
     across processes and share one ``δ``.
     """
-    check_noise_args(theta, noise, noise_std, "augment_batch_norm")
-    check_running_stats(running_stats, "augment_batch_norm")
-    _check_running_pair(running_mean, running_var)
+    where = "augment_batch_norm"
+    check_noise_args(theta, noise, noise_std, where)
+    check_running_stats(running_stats, where)
+    check_input(input, None, training or running_mean is None, where)
+    num_features = input.shape[1]
+    _check_channel_vars(
+        num_features,
+        where,
+        running_mean=running_mean,
+        running_var=running_var,
+        weight=weight,
+        bias=bias,
+    )
+    delta = None if mean_shift is None else _as_mean_shift(mean_shift, num_features, where)
     if not training:
         return batch_norm(
             input, running_mean, running_var, weight, bias, False, 0.0, eps, sync=sync
         )
-    check_input(input, None, True, "augment_batch_norm")
     input = _as_float(input)
-    num_features = input.shape[1]
-    if mean_shift is None:
+    if delta is None:
         delta = sample_mean_shift(
             num_features, theta=theta, noise=noise, noise_std=noise_std, generator=generator
         )
-    else:
-        delta = _as_mean_shift(mean_shift, num_features, "augment_batch_norm")
     if _in_mpi(sync):
         delta = delta.mpi_broadcast(root=0)  # one δ for the whole distributed batch
 
     moments = _moments(input, sync)
-    mean, sq_mean, _ = moments
-    var = (sq_mean - mean * mean).maximum(0.0)  # σ², biased
+    mean, var, _ = moments  # μ, σ² (biased)
     shifted_mean = mean + delta  # μ'
     if noise == "gaussian_reject":
         # The seed's max(mean(x²) - μ'², 0), written as σ² - δ(2μ + δ).
@@ -305,10 +323,10 @@ def augment_batch_norm(
 
     if running_mean is not None and running_stats == "perturbed":
         _update_running_stats(
-            running_mean, running_var, shifted_mean, var_used, momentum, _finite(mean, sq_mean)
+            running_mean, running_var, shifted_mean, var_used, momentum, _finite(mean, var)
         )
     elif running_mean is not None:
-        _update_clean(running_mean, running_var, moments, var, momentum)
+        _update_clean(running_mean, running_var, moments, momentum)
     return output
 
 
@@ -329,18 +347,23 @@ def batch_norm(
     Batch statistics in training or when no running statistics are given, the running ones
     otherwise. (``jittor.nn.BatchNorm`` averages the biased variance instead.)
     """
-    _check_running_pair(running_mean, running_var)
     use_batch_stats = training or running_mean is None
     check_input(input, None, use_batch_stats, "batch_norm")
+    _check_channel_vars(
+        input.shape[1],
+        "batch_norm",
+        running_mean=running_mean,
+        running_var=running_var,
+        weight=weight,
+        bias=bias,
+    )
     input = _as_float(input)
     if not use_batch_stats:
         return _normalize(input, running_mean, running_var, weight, bias, eps)
     moments = _moments(input, sync)
-    mean, sq_mean, _ = moments
-    var = (sq_mean - mean * mean).maximum(0.0)
     if training and running_mean is not None:
-        _update_clean(running_mean, running_var, moments, var, momentum)
-    return _normalize(input, mean, var, weight, bias, eps)
+        _update_clean(running_mean, running_var, moments, momentum)
+    return _normalize(input, *moments[:2], weight, bias, eps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,24 +392,26 @@ def ie_batch_norm(
     training or without running statistics, running ones otherwise). Running statistics are
     updated as ``torch.nn.BatchNorm`` (unbiased variance); non-finite channels keep theirs.
     """
-    _check_running_pair(running_mean, running_var)
     use_batch_stats = training or running_mean is None
     check_input(input, None, use_batch_stats, "ie_batch_norm")
+    _check_channel_vars(
+        input.shape[1],
+        "ie_batch_norm",
+        running_mean=running_mean,
+        running_var=running_var,
+        weight=weight,
+        bias=bias,
+        weight_readjust=weight_readjust,
+        bias_readjust=bias_readjust,
+    )
     input = _as_float(input)
-    num_features = input.shape[1]
-    for name, value in (("weight_readjust", weight_readjust), ("bias_readjust", bias_readjust)):
-        if tuple(value.shape) != (num_features,):
-            raise ValueError(
-                f"ie_batch_norm: {name} must have shape ({num_features},), got {tuple(value.shape)}"
-            )
     spatial = list(range(2, input.ndim))
     instance_mean = input.mean(spatial) if spatial else input  # mean_S(x), (N, C)
     if use_batch_stats:
-        moments = _moments(input, sync, instance_mean)
-        mean, sq_mean, _ = moments
-        var = (sq_mean - mean * mean).maximum(0.0)
+        moments = _moments(input, sync)
+        mean, var, _ = moments
         if training and running_mean is not None:
-            _update_clean(running_mean, running_var, moments, var, momentum)
+            _update_clean(running_mean, running_var, moments, momentum)
     else:
         mean, var = running_mean, running_var
     gate = jt.sigmoid(instance_mean * weight_readjust + bias_readjust)  # a[n, c]

@@ -12,15 +12,21 @@ synchronizes the statistics under MPI, as ``jittor.nn.BatchNorm`` does.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import jittor as jt
 import numpy as np
 
-from ..functional import check_input, check_noise_args, check_running_stats
-from .functional import augment_batch_norm, batch_norm, check_mean_shift, ie_batch_norm
+from ..methods import get_method
+from ..methods.checks import check_noise_args, check_running_stats, default_theta
+from .functional import (
+    augment_batch_norm,
+    batch_norm,
+    check_input,
+    check_mean_shift,
+    ie_batch_norm,
+)
 
 __all__ = [
     "AugmentBatchNorm1d",
@@ -114,7 +120,8 @@ class _NormBase(jt.nn.Module):
         if self.is_train and self.track_running_stats:
             self.num_batches_tracked.update(self.num_batches_tracked + 1)
             if self.momentum is None:
-                momentum = 1.0 / self.num_batches_tracked.float32()
+                dtype = "float64" if self._dtype in ("float64", jt.float64) else "float32"
+                momentum = 1.0 / self.num_batches_tracked.cast(dtype)
         return momentum
 
     def _running_stats(self) -> tuple[jt.Var | None, jt.Var | None]:
@@ -165,9 +172,10 @@ class _AugmentBatchNorm(_NormBase):
         num_features: ``C`` of an ``(N, C, *S)`` input.
         eps, momentum, affine, track_running_stats: as ``nn.BatchNorm`` (``momentum=None`` is a
             cumulative average).
-        theta: bound ``θ`` of the mean shift.
-        noise: ``"gaussian_clip"`` (the paper's PyTorch code), ``"gaussian_reject"`` (the Jittor
-            seed) or ``"uniform"`` (the paper's ablation).
+        theta: bound ``θ`` of the mean shift; ``None``: 0.2, and 0.3 for ``uniform``.
+        noise: ``"gaussian_clip"`` (the paper's PyTorch code, the default as there),
+            ``"gaussian_reject"`` (the Jittor seed; :class:`GauBatchNorm` draws it) or
+            ``"uniform"`` (the paper's ablation).
         noise_std: standard deviation ``s`` of the Gaussian before clipping or rejection.
         running_stats: ``"perturbed"`` (the references', with ``μ'`` and ``v'``) or ``"clean"``
             (exactly ``nn.BatchNorm``'s).
@@ -185,7 +193,7 @@ class _AugmentBatchNorm(_NormBase):
         affine: bool = True,
         track_running_stats: bool = True,
         *,
-        theta: float = 0.2,
+        theta: float | None = None,
         noise: str = "gaussian_clip",
         noise_std: float = 1.0,
         running_stats: str = "perturbed",
@@ -204,7 +212,7 @@ class _AugmentBatchNorm(_NormBase):
         super().__init__(
             num_features, eps, momentum, affine, track_running_stats, dtype=dtype, sync=sync
         )
-        self.theta = theta
+        self.theta = default_theta(noise) if theta is None else theta
         self.noise = noise
         self.noise_std = noise_std
         self.running_stats = running_stats
@@ -406,23 +414,9 @@ class GauBatchNorm(_AugmentBatchNorm):
 # By name, as augmentbn.layers.get_norm_layer
 # --------------------------------------------------------------------------------------------
 
-_BY_DIMS: dict[str, tuple[type, type, type]] = {
-    "bn": (BatchNorm1d, BatchNorm2d, BatchNorm3d),
-    "nabn": (AugmentBatchNorm1d, AugmentBatchNorm2d, AugmentBatchNorm3d),
-    "iebn": (IEBatchNorm1d, IEBatchNorm2d, IEBatchNorm3d),
-}
-_ALIASES = {"batchnorm": "bn", "augmentbn": "nabn", "gaubatchnorm": "nabn", "ban": "iebn"}
-NORM_LAYERS = tuple(_BY_DIMS)
-
 
 def get_norm_layer(name: str, spatial_dims: int = 2, **kwargs: Any) -> Callable[[int], Any]:
-    """``f(num_features) -> module`` for ``"bn"``, ``"nabn"`` or ``"iebn"`` of ``spatial_dims``.
-
-    ``kwargs`` reach the layer (``theta``, ``noise``, ``momentum``, ...).
-    """
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in _BY_DIMS:
-        raise ValueError(f"unknown norm {name!r}; expected one of {NORM_LAYERS}")
-    if spatial_dims not in (1, 2, 3):
-        raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}")
-    return functools.partial(_BY_DIMS[key][spatial_dims - 1], **kwargs)
+    """``f(num_features) -> module`` for the registered method ``name`` (or an alias) of
+    ``spatial_dims``; the method registry (:mod:`augmentbn.methods`) checks ``kwargs`` (``theta``,
+    ``noise``, ``momentum``, ...) and says where a method without a Jittor layer exists."""
+    return get_method(name).layer("jittor", spatial_dims, **kwargs)

@@ -15,7 +15,7 @@ from typing import Any
 
 import jittor as jt
 
-from .placement import PLACEMENTS, ROLES, NormPlan
+from ...methods import PLACEMENTS, ROLES, NormPlan
 from .resnet_cifar import BasicBlock, Bottleneck, CifarResNet, resnet_cifar
 from .unet import DoubleConv, UNet
 
@@ -57,14 +57,15 @@ def create_model(
 ) -> jt.nn.Module:
     """Build the Jittor model ``name`` with the normalization ``norm``.
 
-    The arguments are those of :func:`augmentbn.models.create_model`: ``norm`` is ``"bn"``,
-    ``"nabn"`` or ``"iebn"``; ``placement`` ``"paper"`` (the default for NABN and IEBN) or
+    The arguments are those of :func:`augmentbn.models.create_model`: ``norm`` is a registered
+    method with a Jittor layer (``"bn"``, ``"nabn"``, ``"iebn"`` or an alias; the others are
+    refused with where they exist); ``placement`` ``"paper"`` (the default for NABN and IEBN) or
     ``"all"``; ``model_kwargs`` reach the model (``base_width``, ``upsampling`` for the U-Net);
     ``norm_kwargs`` reach the NABN/IEBN layers (``theta``, ``noise``, ``eps``, ...).
     """
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
-    norms = NormPlan(norm, placement, 2, **norm_kwargs)
+    norms = NormPlan(norm, placement, 2, backend="jittor", **norm_kwargs)
     return _MODELS[name](
         num_classes=num_classes, in_chans=in_chans, norms=norms, **dict(model_kwargs or {})
     )

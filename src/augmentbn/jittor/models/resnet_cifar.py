@@ -7,9 +7,9 @@ average pooling and a linear classifier; basic blocks give depth ``6n + 2``, bot
 shape changes. Module names (``conv1``, ``bn1``, ``layer1.0.bn2``, ``downsample.1``, ``fc``) and
 shapes are the PyTorch model's, so weights convert with a straight key mapping.
 
-Norm sites and their roles (:mod:`.placement`): the stem BN is ``stem``, ``bn2`` of a basic
-block and ``bn3`` of a bottleneck are ``last``, the other block BNs ``inner``, and
-``downsample.1`` is ``shortcut``.
+Norm sites and their roles (:mod:`augmentbn.methods.placement`): the stem BN is ``stem``,
+``bn2`` of a basic block and ``bn3`` of a bottleneck are ``last``, the other block BNs
+``inner``, and ``downsample.1`` is ``shortcut``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import jittor as jt
 from jittor import nn
 
-from .placement import NormPlan
+from ...methods import NormPlan
 
 __all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "init_conv_weights", "resnet_cifar"]
 
@@ -49,9 +49,9 @@ class BasicBlock(nn.Module):
         norms: NormPlan,
     ) -> None:
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = norms("inner", planes)
+        self.bn1 = norms(planes, "inner")
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = norms("last", planes)
+        self.bn2 = norms(planes, "last")
         self.relu = nn.ReLU()
         self.downsample = downsample
 
@@ -77,11 +77,11 @@ class Bottleneck(nn.Module):
         norms: NormPlan,
     ) -> None:
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = norms("inner", planes)
+        self.bn1 = norms(planes, "inner")
         self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = norms("inner", planes)
+        self.bn2 = norms(planes, "inner")
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = norms("last", planes * self.expansion)
+        self.bn3 = norms(planes * self.expansion, "last")
         self.relu = nn.ReLU()
         self.downsample = downsample
 
@@ -119,10 +119,10 @@ class CifarResNet(nn.Module):
     ) -> None:
         if len(layers) != 3 or len(widths) != 3:
             raise ValueError(f"a CIFAR ResNet has 3 stages; got layers={layers}, widths={widths}")
-        norms = norms or NormPlan("bn")
+        norms = norms or NormPlan("bn", backend="jittor")
         self.inplanes = widths[0]
         self.conv1 = nn.Conv2d(in_chans, self.inplanes, 3, 1, 1, bias=False)
-        self.bn1 = norms("stem", self.inplanes)
+        self.bn1 = norms(self.inplanes, "stem")
         self.relu = nn.ReLU()
         self.layer1, self.layer2, self.layer3 = (
             self._make_stage(block, planes, blocks, stride, norms)
@@ -140,7 +140,7 @@ class CifarResNet(nn.Module):
         if stride != 1 or self.inplanes != out_planes:
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, out_planes, 1, stride, bias=False),
-                norms("shortcut", out_planes),
+                norms(out_planes, "shortcut"),
             )
         stage = [block(self.inplanes, planes, stride, downsample, norms=norms)]
         self.inplanes = out_planes

@@ -4,7 +4,7 @@ Encoder: a double convolution, then four times max-pool (2) + double convolution
 ``w, 2w, 4w, 8w, 8w`` with bilinear upsampling (``w`` = ``base_width``, 64 by default). Decoder:
 four times upsample ×2, concatenate the skip connection, double convolution; a 1×1 convolution
 gives the logits. A double convolution is ``(conv 3×3, norm, ReLU) × 2``; both of its norms have
-the role ``last``, so NABN with ``placement="paper"`` replaces every norm, as the seed does.
+the role ``conv``, so NABN with ``placement="paper"`` replaces every norm, as the seed does.
 Names and shapes are the PyTorch model's (``inc.bn1``, ``down1.conv.bn2``, ``up4.conv``,
 ``outc``, ...). Only 2D: the PyTorch model also builds the 3D U-Net.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import jittor as jt
 from jittor import nn
 
-from .placement import NormPlan
+from ...methods import NormPlan
 from .resnet_cifar import init_conv_weights
 
 __all__ = ["DoubleConv", "UNet"]
@@ -35,9 +35,9 @@ class DoubleConv(nn.Module):
     ) -> None:
         mid_channels = mid_channels or out_channels
         self.conv1 = nn.Conv2d(in_channels, mid_channels, 3, padding=1, bias=False)
-        self.bn1 = norms("last", mid_channels)
+        self.bn1 = norms(mid_channels, "conv")
         self.conv2 = nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = norms("last", out_channels)
+        self.bn2 = norms(out_channels, "conv")
         self.relu = nn.ReLU()
 
     def execute(self, x: jt.Var) -> jt.Var:
@@ -112,7 +112,7 @@ class UNet(nn.Module):
     ) -> None:
         if upsampling not in _UPSAMPLING:
             raise ValueError(f"upsampling must be one of {_UPSAMPLING}, got {upsampling!r}")
-        opts = {"norms": norms or NormPlan("bn")}
+        opts = {"norms": norms or NormPlan("bn", backend="jittor")}
         w = base_width
         factor = 2 if upsampling == "interpolate" else 1
         self.inc = DoubleConv(in_chans, w, **opts)
