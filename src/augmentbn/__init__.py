@@ -3,9 +3,10 @@
 - AugmentBN / NABN (noise-assisted batch normalization): :class:`AugmentBatchNorm2d` & co.
 - IEBN (instance enhancement batch normalization): :class:`IEBatchNorm2d` & co.
 - :func:`convert_norm` swaps the BatchNorm layers of any model, with the papers' placement.
+- :mod:`augmentbn.methods` is the registry every name, factory and placement derives from.
 """
 
-from . import functional
+from . import functional, methods
 from .convert import convert_norm, register_block, register_stem
 from .layers import (
     AugmentBatchNorm1d,
@@ -36,6 +37,7 @@ __all__ = [
     "create_norm_layer",
     "functional",
     "get_norm_layer",
+    "methods",
     "register_block",
     "register_stem",
 ]

@@ -12,12 +12,43 @@ Values come from the defaults, then the ``--preset``, then the flags given.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .methods import PLACEMENTS, get_method, list_methods, method_names
+
 __all__ = ["build_parser", "config_from_args", "main"]
+
+
+def _norm_help() -> str:
+    """The registered norms with their titles and aliases (default bn)."""
+    aliases: dict[str, list[str]] = {}
+    for alias, name in method_names().items():
+        if alias != name:
+            aliases.setdefault(name, []).append(alias)
+    entries = [
+        f"{name} ({get_method(name).title}"
+        + (f"; also {', '.join(aliases[name])}" if name in aliases else "")
+        + ")"
+        for name in list_methods()
+    ]
+    return "the normalization, default bn: " + "; ".join(entries)
+
+
+def _config_params():
+    """The norms' own parameters that are configuration keys (NABN's), as (method, param)."""
+    from .train.config import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return [
+        (spec, param)
+        for spec in map(get_method, list_methods())
+        for param in spec.params
+        if param.name in fields
+    ]
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:
@@ -36,21 +67,24 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--block-name", dest="block_name", choices=("basic", "bottleneck"), default=S
     )
-    model.add_argument("--norm", default=S, help="bn, nabn, iebn, gn or in (default bn)")
+    model.add_argument("--norm", default=S, metavar="NORM", help=_norm_help())
     model.add_argument(
         "--placement",
-        choices=("paper", "all"),
+        choices=PLACEMENTS,
         default=S,
-        help="where NABN/IEBN go (default: each paper's placement)",
+        help="where the norm goes: paper (each paper's sites; the default where a paper names "
+        "them) or all",
     )
-    model.add_argument("--theta", type=float, default=S, help="NABN mean-shift bound (0.2)")
-    model.add_argument(
-        "--noise", default=S, help="NABN noise: gaussian_clip, gaussian_reject or uniform"
-    )
-    model.add_argument("--noise-std", dest="noise_std", type=float, default=S)
-    model.add_argument(
-        "--running-stats", dest="running_stats", choices=("perturbed", "clean"), default=S
-    )
+    for method, param in _config_params():
+        flag = "--" + param.name.replace("_", "-")
+        model.add_argument(
+            flag,
+            dest=param.name,
+            type=param.type,
+            choices=param.choices,
+            default=S,
+            help=f"{method.name}: {param.help}",
+        )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default=S, help="digits (default, offline), cifar10, ...")
     data.add_argument("--data-root", dest="data_root", default=S)

@@ -13,9 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..convert import PLACEMENTS
-from ..functional import NOISE_TYPES, RUNNING_STATS
-from ..layers import NORM_LAYERS
+from ..methods import get_method, list_methods, method_names, resolve_placement
 
 __all__ = [
     "ConfigError",
@@ -26,8 +24,6 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("sgd", "adam")
-# Architectures of the IEBN reference's command line (`-a iebn_resnet`): "<norm>_resnet".
-_NORM_ARCH_PREFIXES = {"iebn": "iebn", "nabn": "nabn", "augment": "nabn", "bn": "bn"}
 
 
 class ConfigError(ValueError):
@@ -45,7 +41,7 @@ class TrainConfig:
     block_name: str = "basic"
     norm: str = "bn"
     placement: str | None = None
-    theta: float = 0.2
+    theta: float | None = None  # None: the method's default (0.2; 0.3 for uniform noise)
     noise: str = "gaussian_clip"
     noise_std: float = 1.0
     running_stats: str = "perturbed"
@@ -76,26 +72,21 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` naming the first problem; return self."""
-        norm = self.resolved_norm
-        if norm not in NORM_LAYERS:
-            raise ConfigError(f"unknown norm {norm!r}; valid norms: {', '.join(NORM_LAYERS)}")
-        if self.placement is not None and self.placement not in PLACEMENTS:
-            raise ConfigError(
-                f"unknown placement {self.placement!r}; valid: {', '.join(PLACEMENTS)}"
-            )
-        if self.noise not in NOISE_TYPES:
-            raise ConfigError(f"unknown noise {self.noise!r}; valid: {', '.join(NOISE_TYPES)}")
-        if self.running_stats not in RUNNING_STATS:
-            raise ConfigError(
-                f"unknown running_stats {self.running_stats!r}; valid: {', '.join(RUNNING_STATS)}"
-            )
+        try:
+            spec = get_method(self.resolved_norm)
+            resolve_placement(spec, self.placement)
+            for method in _methods_with_config_params():  # NABN's keys, whatever the norm
+                method.resolve(self._method_params(method), f"norm {method.name!r}")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        norm = spec.name
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: sgd, adam")
         if self.block_name not in ("basic", "bottleneck"):
             raise ConfigError(f"block_name must be basic or bottleneck, got {self.block_name!r}")
         if self.epochs < 0 or self.train_batch < 1 or self.test_batch < 1:
             raise ConfigError("epochs must be >= 0 and batch sizes >= 1")
-        if self.train_batch == 1 and norm in ("bn", "nabn", "iebn"):
+        if self.train_batch == 1 and spec.batch_statistics:
             raise ConfigError(
                 f"train batch size 1 cannot train with norm={norm!r}: batch normalization needs "
                 "at least 2 values per channel to estimate the batch mean and variance (with "
@@ -112,17 +103,20 @@ class TrainConfig:
 
     @property
     def resolved_norm(self) -> str:
-        return resolve_arch(self.arch, self.norm)[1]
+        """The canonical name of the norm (``-a iebn_resnet`` and aliases resolved)."""
+        norm = resolve_arch(self.arch, self.norm)[1]
+        return method_names().get(norm, norm)
+
+    def _method_params(self, method) -> dict[str, Any]:
+        return {p.name: getattr(self, p.name) for p in method.params if p.name in _FIELDS}
 
     def norm_kwargs(self) -> dict[str, Any]:
-        if self.resolved_norm == "nabn":
-            return {
-                "theta": self.theta,
-                "noise": self.noise,
-                "noise_std": self.noise_std,
-                "running_stats": self.running_stats,
-            }
-        return {}
+        """The norm layers' arguments that this configuration holds, defaults filled in by the
+        method registry (``theta=None`` becomes 0.2, or 0.3 for uniform noise)."""
+        method = get_method(self.resolved_norm)
+        return {
+            k: v for k, v in method.resolve(self._method_params(method)).items() if k in _FIELDS
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -141,12 +135,22 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _methods_with_config_params():
+    """The registered methods some of whose parameters are configuration keys (NABN)."""
+    specs = (get_method(name) for name in list_methods())
+    return [spec for spec in specs if any(p.name in _FIELDS for p in spec.params)]
+
+
 def resolve_arch(arch: str, norm: str) -> tuple[str, str]:
-    """``-a iebn_resnet`` means ``-a resnet --norm iebn``; return ``(arch, norm)``."""
+    """``-a iebn_resnet`` (the IEBN reference's command line: ``<norm>_<arch>`` with any
+    registered norm name) means ``-a resnet --norm iebn``; return ``(arch, norm)``."""
     arch, norm = arch.lower(), norm.lower()
     prefix, _, rest = arch.partition("_")
-    if rest and prefix in _NORM_ARCH_PREFIXES:
-        return rest, _NORM_ARCH_PREFIXES[prefix]
+    if rest and prefix in method_names():
+        return rest, method_names()[prefix]
     return arch, norm
 
 

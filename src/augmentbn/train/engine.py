@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..layers import AugmentBatchNorm1d, AugmentBatchNorm2d, AugmentBatchNorm3d
+from ..layers.augment import warn_if_clamped
+from ..methods import layer_classes
 from .checkpoint import (
     CheckpointError,
     atomic_write,
@@ -39,7 +40,6 @@ from .report import write_curves, write_json, write_log
 
 __all__ = ["RunError", "Trainer", "evaluate_checkpoint", "train"]
 
-_NABN_LAYERS = (AugmentBatchNorm1d, AugmentBatchNorm2d, AugmentBatchNorm3d)
 OUTPUT_FILES = ("config.yaml", "log.csv", "curves.png", "metrics.json", "last.pt", "best.pt")
 
 
@@ -80,7 +80,7 @@ def build_model(config: TrainConfig, info) -> nn.Module:
             f"--block-name), <norm>_resnet (e.g. iebn_resnet), or one of {', '.join(list_models())}"
         )
     norm = config.resolved_norm
-    placement = config.placement if norm in ("nabn", "iebn") else None
+    placement = config.placement
     try:
         return create_model(
             name,
@@ -161,8 +161,9 @@ class Trainer:
             "data": torch.Generator().manual_seed(config.seed + 1),
             "noise": torch.Generator(device=device).manual_seed(config.seed + 2),
         }
+        noise_layers = layer_classes("torch", needs_generator=True)
         for layer in model.modules():
-            if isinstance(layer, _NABN_LAYERS):
+            if isinstance(layer, noise_layers):
                 layer.generator = generators["noise"]
         params = model.parameters()
         if config.optimizer == "sgd":
@@ -346,6 +347,7 @@ class Trainer:
                     state["rng"] = rng_at_epoch_start  # the interrupted epoch restarts
                     save_checkpoint(out / "last.pt", state)
                     raise
+                warn_if_clamped(self.model)  # one synchronization per epoch
                 val = self.evaluate("val")
                 self.epoch += 1
                 lr = self.optimizer.param_groups[0]["lr"]
