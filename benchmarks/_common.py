@@ -7,10 +7,15 @@ import os
 import platform
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import torch
+
+# The reference implementations (tests/reference.py) are the baselines of the layer benchmarks.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:

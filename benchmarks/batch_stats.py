@@ -5,7 +5,7 @@
 ``torch.batch_norm_update_stats`` (the statistics half of ``nn.BatchNorm``'s training forward)
 against the compiled operators' two passes (``torch.ops.augmentbn.batch_moments``: a first
 estimate of each channel's mean, then sums of the centered values) and the PyTorch
-implementation's ``augmentbn.functional._moments_from_sums`` (one pass of per-row sums of ``x``
+implementation's ``augmentbn._stats.moments_from_sums`` (one pass of per-row sums of ``x``
 and ``x²``, combined in float64), on contiguous float32 input, each returning the per-channel
 mean and biased variance. Also prints each one's largest relative error of the variance against
 float64, on input shifted so that ``E[x²]/σ²`` is about 4 (within the sums' bound).
@@ -20,7 +20,7 @@ import torch
 from _common import interleaved_medians, machine_line, markdown_table, parse_args
 
 from augmentbn import _cpu_ops
-from augmentbn.functional import _moments_from_sums
+from augmentbn._stats import moments_from_sums
 
 SHAPES = [(8, 64, 32, 32), (128, 16, 32, 32), (4, 64, 56, 56), (2, 32, 16, 64, 64)]
 QUICK_SHAPES = [(4, 4, 8, 8)]
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         x = torch.randn(shape, generator=gen) + 3**0.5  # E[x²]/σ² = 4
         variants = {
             "native": lambda x=x: torch.batch_norm_update_stats(x, None, None, 0.0),
-            "sums": lambda x=x: _moments_from_sums(x),
+            "sums": lambda x=x: moments_from_sums(x),
         }
         if compiled:
             variants["two-pass"] = lambda x=x: torch.ops.augmentbn.batch_moments(x)
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.clock,
         )
         native_var = torch.batch_norm_update_stats(x, None, None, 0.0)[1]
-        sums = _moments_from_sums(x)
+        sums = moments_from_sums(x)
         assert sums is not None
         others = [name for name in variants if name != "native"]
         row = ["×".join(map(str, shape)), f"{times['native']:.3f}"]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from _common import interleaved_medians, machine_line, markdown_table, parse_args
-from _composite import CompositeAugmentBatchNorm, CompositeIEBatchNorm
+from reference import CompositeAugmentBatchNorm, CompositeIEBatchNorm
 from torch import nn
 
 import augmentbn as ab

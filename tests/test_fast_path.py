@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference import CompositeAugmentBatchNorm, CompositeIEBatchNorm
 from torch import nn
 
 import augmentbn as ab
-import augmentbn.functional as AF
+import augmentbn._stats as stats
 from augmentbn import _cpu_ops
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-from _composite import CompositeAugmentBatchNorm, CompositeIEBatchNorm  # noqa: E402
+sys.path.insert(0, str(BENCHMARKS))  # the scripts import their _common
 
 KINDS = ("gaussian_clip", "gaussian_reject", "uniform", "iebn")
 OURS = {
@@ -288,7 +288,7 @@ def _float64_moments(x):
     "size,row", [(60, 60), (2048, 2048), (3136, 1568), (8192, 2048), (4099, 4099), (8198, 8198)]
 )
 def test_sum_rows_divide_the_instances(size, row):
-    assert AF._sum_row_length(size) == row  # 4099 is prime; 8198 = 2·4099 has no useful divisor
+    assert stats.sum_row_length(size) == row  # 4099 is prime; 8198 = 2·4099 has no useful divisor
 
 
 @pytest.mark.parametrize(
@@ -299,7 +299,7 @@ def test_moments_from_sums_match_float64(shape, offset):
     gen = torch.Generator().manual_seed(0)
     scale = torch.rand(shape[1], *(1,) * (len(shape) - 2), generator=gen) + 0.5
     x = torch.randn(shape, generator=gen) * scale + offset * scale  # E[x²]/σ² up to 3.25
-    moments = AF._moments_from_sums(x)
+    moments = stats.moments_from_sums(x)
     assert moments is not None and all(m.dtype == torch.float32 for m in moments)
     mean, var, instance_mean = moments
     ref_mean, ref_var, ref_instance_mean = _float64_moments(x)
@@ -313,8 +313,8 @@ def test_moments_from_sums_decline_what_they_cannot_do_accurately():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(8, 16, 32, 32, generator=gen)
     x[:, 3] += 10.0  # E[x²]/σ² = 101 on one channel
-    assert AF._moments_from_sums(x) is None
-    mean, var, instance_mean = AF._batch_moments(x)  # BatchNorm's own kernel instead
+    assert stats.moments_from_sums(x) is None
+    mean, var, instance_mean = stats.batch_moments(x)  # BatchNorm's own kernel instead
     ref_mean, ref_var, _ = _float64_moments(x)
     assert instance_mean is None
     assert ((var.double() - ref_var) / ref_var).abs().max() <= 1e-6
@@ -322,7 +322,7 @@ def test_moments_from_sums_decline_what_they_cannot_do_accurately():
     for value in (0.0, float("nan"), float("inf")):  # 0/0, NaN, inf/inf
         y = torch.randn(8, 16, 32, 32, generator=gen)
         y[:, 5] = value
-        assert AF._moments_from_sums(y) is None
+        assert stats.moments_from_sums(y) is None
 
 
 class _Counter:
@@ -348,8 +348,8 @@ def test_layers_on_the_sums_path_match_composite(kind, offset, path, monkeypatch
         pytest.skip("the compiled CPU operators could not be built on this machine")
     if path != "compiled":
         monkeypatch.setitem(_cpu_ops._state, "ok", False)
-    native = _Counter(AF._native_stats)
-    monkeypatch.setattr(AF, "_native_stats", native)
+    native = _Counter(stats.native_stats)
+    monkeypatch.setattr(stats, "native_stats", native)
     ours, base = make_pair(kind, 2)
     base.double()
     gen = torch.Generator().manual_seed(3)
