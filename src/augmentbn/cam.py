@@ -231,7 +231,7 @@ class CamComparison:
     """What :func:`compare_cams` returns: the columns, the figure and its metadata."""
 
     columns: list[CamColumn]
-    figure: Any  # matplotlib Figure
+    figure: Any  # a matplotlib Figure (made without pyplot; a notebook shows it as a value)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -288,16 +288,12 @@ def plot_cam_grid(
     is titled with the prediction and its confidence, in red with ✗ where it differs from
     ``targets``; the share of energy in the region, where known, is written under it.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no backend, nothing to close
 
     n, cols = len(display), 1 + len(columns)
     name = (lambda k: class_names[k]) if class_names else str
-    fig, axes = plt.subplots(
-        n, cols, figsize=(1.75 * cols, 1.75 * n + 0.9), squeeze=False, layout="constrained"
-    )
+    fig = Figure(figsize=(1.75 * cols, 1.75 * n + 0.9), layout="constrained")
+    axes = fig.subplots(n, cols, squeeze=False)
     for row in range(n):
         image = display[row]
         base = image[0] if image.shape[0] != 3 else image.transpose(1, 2, 0)

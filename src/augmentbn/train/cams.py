@@ -312,8 +312,6 @@ def write_compare_cams(
 ) -> list[Path]:
     """``compare``'s grids: for each batch size, one column per norm (the runs of ``seed``),
     written to ``out/cams-bs<B>-seed<S>.png``."""
-    import matplotlib.pyplot as plt
-
     from .compare import run_dir
 
     require_grad_cam()
@@ -323,7 +321,5 @@ def write_compare_cams(
         checkpoints = [run_dir(out, norm, batch_size, seed) / "best.pt" for norm in norms]
         runs = load_runs(checkpoints, device=device)
         comparison, _ = cam_grid(runs, n=n, context=f"; batch {batch_size}, seed {seed}")
-        path = comparison.save(out / f"cams-bs{batch_size}-seed{seed}.png")
-        plt.close(comparison.figure)
-        paths.append(path)
+        paths.append(comparison.save(out / f"cams-bs{batch_size}-seed{seed}.png"))
     return paths

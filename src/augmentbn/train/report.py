@@ -12,7 +12,15 @@ from typing import Any
 
 from .checkpoint import atomic_write
 
-__all__ = ["LOG_COLUMNS", "run_title", "write_csv", "write_curves", "write_json", "write_log"]
+__all__ = [
+    "LOG_COLUMNS",
+    "curves_figure",
+    "run_title",
+    "write_csv",
+    "write_curves",
+    "write_json",
+    "write_log",
+]
 
 LOG_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "time")
 
@@ -46,6 +54,15 @@ def run_title(config: Any) -> str:
 
 
 def write_curves(path: Path, history: Sequence[dict[str, Any]], title: str | None = None) -> None:
+    """``curves.png``: :func:`curves_figure`, written atomically."""
+    fig = curves_figure(history, title)  # selects the Agg backend before pyplot is imported
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def curves_figure(history: Sequence[dict[str, Any]], title: str | None = None) -> Any:
     """Loss and accuracy per epoch, train and val, on integer epoch ticks; ``title`` (e.g.
     :func:`run_title`) above both."""
     import matplotlib
@@ -68,5 +85,4 @@ def write_curves(path: Path, history: Sequence[dict[str, Any]], title: str | Non
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    return fig
