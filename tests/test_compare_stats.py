@@ -148,3 +148,14 @@ def test_curves_have_integer_epochs_and_name_the_norm():
     for ax in fig.axes:
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
         assert ticks == [1.0, 2.0, 3.0]
+
+
+def test_summary_with_one_or_no_testable_comparison():
+    rows = [r for r in _rows() if r["batch_size"] == 2 and r["norm"] != "iebn"]
+    text = summarize(rows)
+    assert "This grid makes 1 comparison with BN" in text and "(Holm p = p)" in text
+    assert "correction over 1 comparison:" in text
+    single = [r for r in rows if r["seed"] == 0]
+    text = summarize(single)
+    assert "No difference to BN can be tested" in text and "no test (n < 2)" in text
+    assert "correction over" not in text

@@ -190,6 +190,27 @@ def _p(value: float | None) -> str:
     return f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}"
 
 
+def _multiplicity(m: int, level: str, alpha: str, alpha_value: float) -> str:
+    if m == 0:
+        return (
+            "No difference to BN can be tested: a paired t-test needs at least two seeds that "
+            "the norm shares with BN (e.g. --seeds 0 1 2)."
+        )
+    if m == 1:
+        return (
+            "This grid makes 1 comparison with BN; with one test, the Holm–Bonferroni "
+            "correction changes nothing (Holm p = p)."
+        )
+    return (
+        f"This grid makes {m} comparisons with BN. Tested each at the {level} level alone, "
+        f"about {m} × {alpha} = {m * alpha_value:.2f} of them would come out significant by "
+        "chance even between equal norms, so the verdicts are corrected (Holm–Bonferroni): a "
+        f"difference is significant only when its adjusted p-value (Holm p) is ≤ {alpha}, which "
+        f"keeps the chance of any false verdict in the grid at {alpha} or less. An interval that "
+        "excludes 0 is not enough by itself."
+    )
+
+
 def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
     """``summary.md``: mean ± std of test accuracy (and macro AUC) per norm and batch size, the
     paired difference to BN over the same seeds with its uncorrected interval, and verdicts
@@ -207,12 +228,7 @@ def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
         f"seeds with its {level} confidence interval (Student's t, n - 1 degrees of freedom), "
         "uncorrected; p is the paired t-test's two-sided p-value.",
         "",
-        f"This grid makes {m} comparison{'s' if m != 1 else ''} with BN. Testing each at the "
-        f"{level} level alone would call about {m} × {alpha} = {m * (1 - confidence):.2f} "
-        "differences significant by chance, so the verdicts are corrected: a difference is "
-        f"significant only when its Holm–Bonferroni-adjusted p-value (Holm p) is ≤ {alpha}, "
-        f"which keeps the chance of any false verdict in the grid at {alpha} or less. An "
-        "interval that excludes 0 is not enough by itself.",
+        _multiplicity(m, level, alpha, 1 - confidence),
         "",
     ]
     header = ["norm", "batch", "n", "test acc"]
@@ -242,23 +258,24 @@ def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
     significant = [c for c in cells if c["verdict"].endswith("than BN")]
     uncorrected = [c for c in cells if c["verdict"] == "not significant after correction"]
     where = "; ".join
+    comparisons = f"{m} comparison{'s' if m != 1 else ''}"
     if significant:
         lines.append(
-            f"Significant after Holm–Bonferroni correction over {m} comparisons: "
+            f"Significant after Holm–Bonferroni correction over {comparisons}: "
             + where(f"{c['norm']} at batch {c['batch_size']}: {c['verdict']}" for c in significant)
             + "."
         )
-    else:
+    elif m:
         lines.append(
-            f"No difference to BN is significant after Holm–Bonferroni correction over {m} "
-            "comparisons: with these seeds the data cannot tell the norms apart."
+            f"No difference to BN is significant after Holm–Bonferroni correction over "
+            f"{comparisons}: with these seeds the data cannot tell the norms apart."
         )
     if uncorrected:
         lines.append(
             f"Uncorrected, the {level} interval excludes 0 for "
             + where(f"{c['norm']} at batch {c['batch_size']}" for c in uncorrected)
-            + f". With {m} independent comparisons, at least one interval excludes 0 by chance "
-            f"alone in {1 - confidence**m:.0%} of grids."
+            + f". With {comparisons} of equal norms, at least one interval excludes 0 by "
+            f"chance alone in {1 - confidence**m:.0%} of grids (for independent tests)."
         )
     lines.append("")
     return "\n".join(lines)
