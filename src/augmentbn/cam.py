@@ -29,6 +29,7 @@ from .data._optional import import_optional
 
 __all__ = [
     "METADATA_KEY",
+    "CamColumn",
     "CamComparison",
     "CamError",
     "compare_cams",
@@ -37,6 +38,7 @@ __all__ = [
     "get_cam_method",
     "list_cam_methods",
     "plot_cam_grid",
+    "predict",
     "read_grid_metadata",
     "region_energy",
     "require_grad_cam",

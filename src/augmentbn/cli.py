@@ -277,11 +277,12 @@ def _compare(args: argparse.Namespace) -> int:
     print((out / "summary.md").read_text())
     print(f"rows: {out / 'results.csv'}\nplot: {out / 'comparison.png'}")
     if not args.no_cam:
+        from .cam import CamError
         from .train.cams import write_compare_cams
 
         try:
             paths = write_compare_cams(out, grid.norms, grid.batch_sizes, grid.seeds[0])
-        except ImportError as error:
+        except (ImportError, CamError) as error:  # the comparison itself is done
             print(f"CAM grids skipped: {error}")
         else:
             print("CAM grids: " + ", ".join(map(str, paths)))
@@ -316,7 +317,8 @@ def _cam(args: argparse.Namespace) -> int:
         wrong = sum(int(p) != t for p, t in zip(column.predictions, comparison.metadata["targets"]))
         line = f"{column.label}: {len(indices) - wrong}/{len(indices)} correct"
         if column.energy is not None:
-            line += f", share of CAM energy on the strokes {column.mean_energy:.3f} (mean)"
+            region = comparison.metadata["region"]
+            line += f", share of CAM energy on {region} {column.mean_energy:.3f} (mean)"
         print(line)
     print(f"images {indices} of the {args.split} split; grid: {path}")
     return 0

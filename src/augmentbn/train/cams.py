@@ -27,7 +27,15 @@ from ..cam import CamComparison, CamError, compare_cams, require_grad_cam
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig
 
-__all__ = ["DIGITS_STROKE", "LoadedRun", "cam_grid", "load_runs", "resolve_runs"]
+__all__ = [
+    "DIGITS_STROKE",
+    "LoadedRun",
+    "cam_grid",
+    "choose_indices",
+    "load_runs",
+    "resolve_runs",
+    "write_compare_cams",
+]
 
 DIGITS_STROKE = 0.5
 """Digits' stroke pixels: intensity ≥ 8 of 16 (the images are ``intensity / 16``)."""
@@ -237,10 +245,12 @@ def choose_indices(size: int, n: int, seed: int, indices: Sequence[int] | None =
     return order[:n].tolist()
 
 
-def _region(dataset: Any, display: torch.Tensor) -> np.ndarray | None:
+def _region(dataset: Any, display: torch.Tensor) -> tuple[np.ndarray | None, str, str]:
+    """The object region of each image where the data define one, its name and a short
+    label for the grid."""
     if dataset.info.name == "digits":
-        return (display[:, 0] >= DIGITS_STROKE).numpy()
-    return None
+        return (display[:, 0] >= DIGITS_STROKE).numpy(), "the digit's strokes", "on stroke"
+    return None, "", ""
 
 
 def cam_grid(
@@ -268,14 +278,14 @@ def cam_grid(
         device = next(run.model.parameters()).device
         batches[run.label] = images.to(device)
     info = first.info
-    regions = _region(first, display)
+    regions, region_name, region_label = _region(first, display)
     title = (
         f"{method}, {info.name} {first.split} images {', '.join(map(str, chosen))}{context}; "
         f"map of the {'predicted' if predicted else 'true'} class"
     )
     if regions is not None:
         title += (
-            "\nnumber under a map: share of CAM energy on the digit's strokes (they cover "
+            f"\nnumber under a map: share of CAM energy on {region_name} (they cover "
             f"{regions.mean():.0%} of the pixels: what an even map scores)"
         )
     comparison = compare_cams(
@@ -289,12 +299,13 @@ def cam_grid(
         display=display.numpy(),
         class_names=info.class_names,
         title=title,
-        region_name="on stroke" if regions is not None else "in region",
+        region_name=region_label,
     )
     comparison.metadata.update(
         indices=chosen,
         split=first.split,
         dataset=info.name,
+        region=region_name or None,
         region_share=None if regions is None else float(regions.mean()),
         runs=[str(run.checkpoint) for run in runs],
     )
