@@ -15,7 +15,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[train]"
+	$(BIN)/python -m pip install --quiet -e ".[train,cam]"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python

@@ -183,7 +183,7 @@ def test_compare_grid_summary_agrees_with_results(tmp_path, capsys):
                     for r in rows
                     if r["norm"] == "iebn" and int(r["batch_size"]) == size
                 ]
-                assert float(cells[-2].split()[0]) == pytest.approx(
+                assert float(cells[-4].split()[0]) == pytest.approx(
                     statistics.fmean(diffs), abs=5e-5
                 )
     capsys.readouterr()

@@ -1,4 +1,5 @@
-"""``augmentbn train | eval | compare``: argument parsing only; the work is in ``augmentbn.train``.
+"""``augmentbn train | eval | compare | cam``: argument parsing only; the work is in
+``augmentbn.train`` (and ``augmentbn.cam``).
 
 ``augmentbn train`` accepts the IEBN reference's command line as it stands, e.g.::
 
@@ -161,7 +162,62 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", type=int, nargs="+", default=None)
     compare.add_argument("--out", default="runs/compare", help="output folder (runs/compare)")
     compare.add_argument("--overwrite", action="store_true", help="retrain finished runs")
+    compare.add_argument(
+        "--no-cam",
+        dest="no_cam",
+        action="store_true",
+        help="skip the Grad-CAM grids (one per batch size, first seed, one column per norm)",
+    )
+    _cam_parser(commands)
     return parser
+
+
+def _cam_parser(commands: Any) -> None:
+    cam = commands.add_parser(
+        "cam",
+        help="Grad-CAM maps of trained runs side by side",
+        description="Draw the same images through each run's best.pt: one row per image, the "
+        "input, then one column per run labelled with its norm, prediction and confidence.",
+    )
+    cam.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="a run folder, a .pt checkpoint, or a compare output folder (one column per norm)",
+    )
+    cam.add_argument("--split", choices=("train", "val", "test"), default="test")
+    cam.add_argument("--n", type=int, default=8, help="number of images (default 8)")
+    cam.add_argument("--indices", type=int, nargs="+", default=None, help="these images instead")
+    cam.add_argument("--seed", type=int, default=0, help="seed of the image choice (default 0)")
+    cam.add_argument(
+        "--method",
+        default="gradcam",
+        help="a pytorch_grad_cam class name in lower case: gradcam (default), gradcam++, "
+        "hirescam, xgradcam, layercam, scorecam, eigencam, ...",
+    )
+    cam.add_argument(
+        "--predicted", action="store_true", help="map the predicted class, not the true one"
+    )
+    cam.add_argument(
+        "--target-layer", dest="target_layer", default=None, help="module name, e.g. layer3.2"
+    )
+    cam.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        default=None,
+        help="compare folder: the batch size of the runs (default the smallest)",
+    )
+    cam.add_argument(
+        "--run-seed",
+        dest="run_seed",
+        type=int,
+        default=None,
+        help="compare folder: the seed of the runs (default the smallest)",
+    )
+    cam.add_argument("--data-root", dest="data_root", default=None)
+    cam.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
+    cam.add_argument("--out", default="cams.png", help="output PNG (default cams.png)")
 
 
 _NOT_CONFIG = {
@@ -174,6 +230,7 @@ _NOT_CONFIG = {
     "seeds",
     "out",
     "split",
+    "no_cam",
 }
 
 
@@ -253,10 +310,56 @@ def _compare(args: argparse.Namespace) -> int:
     print()
     print((out / "summary.md").read_text())
     print(f"rows: {out / 'results.csv'}\nplot: {out / 'comparison.png'}")
+    if not args.no_cam:
+        from .cam import CamError
+        from .train.cams import write_compare_cams
+
+        try:
+            paths = write_compare_cams(out, grid.norms, grid.batch_sizes, grid.seeds[0])
+        except (ImportError, CamError) as error:  # the comparison itself is done
+            print(f"CAM grids skipped: {error}")
+        else:
+            print("CAM grids: " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _cam(args: argparse.Namespace) -> int:
+    from .cam import require_grad_cam
+    from .train.cams import cam_grid, load_runs, resolve_runs
+
+    try:
+        require_grad_cam()
+    except ImportError as error:
+        print(f"augmentbn cam: error: {error}", file=sys.stderr)
+        return 2
+    checkpoints = resolve_runs(args.runs, batch_size=args.batch_size, run_seed=args.run_seed)
+    overrides = {"device": args.device}
+    if args.data_root:
+        overrides["data_root"] = args.data_root
+    runs = load_runs(checkpoints, split=args.split, **overrides)
+    comparison, indices = cam_grid(
+        runs,
+        n=args.n,
+        indices=args.indices,
+        seed=args.seed,
+        method=args.method,
+        predicted=args.predicted,
+        target_layer=args.target_layer,
+    )
+    path = comparison.save(args.out)
+    for column in comparison.columns:
+        wrong = sum(int(p) != t for p, t in zip(column.predictions, comparison.metadata["targets"]))
+        line = f"{column.label}: {len(indices) - wrong}/{len(indices)} correct"
+        if column.energy is not None:
+            region = comparison.metadata["region"]
+            line += f", share of CAM energy on {region} {column.mean_energy:.3f} (mean)"
+        print(line)
+    print(f"images {indices} of the {args.split} split; grid: {path}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .cam import CamError
     from .data.errors import (
         CorruptFileError,
         DatasetLayoutError,
@@ -266,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .train import CheckpointError, ConfigError, RunError
 
     expected = (
+        CamError,
         ConfigError,
         CheckpointError,
         RunError,
@@ -276,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     args = build_parser().parse_args(argv)
-    handlers = {"train": _train, "eval": _eval, "compare": _compare}
+    handlers = {"train": _train, "eval": _eval, "compare": _compare, "cam": _cam}
     try:
         return handlers[args.command](args)
     except expected as error:

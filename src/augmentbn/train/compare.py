@@ -5,13 +5,14 @@ Each cell of the grid is an ordinary run in ``out/runs/<norm>-bs<B>-seed<S>``; a
 ``metrics.json`` exists is finished and skipped, so an interrupted grid resumes where it
 stopped. ``results.csv`` holds one row per run; ``summary.md`` the mean ± std per norm and batch
 size and, for each norm, the paired difference to BatchNorm over the same seeds with a 95%
-confidence interval (Student's t); ``comparison.png`` plots accuracy against batch size.
+confidence interval (Student's t) and a verdict corrected for the number of comparisons in the
+grid (Holm–Bonferroni, :mod:`.stats`); ``comparison.png`` plots the paired differences with their
+intervals and the raw accuracies.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ from typing import Any
 from .config import ConfigError, TrainConfig
 from .engine import RunError, train
 from .report import write_csv
+from .stats import holm_bonferroni, paired_difference
 
-__all__ = ["CompareGrid", "paired_difference", "run_grid", "summarize"]
+__all__ = ["CompareGrid", "cell_statistics", "paired_difference", "run_grid", "summarize"]
 
 RESULT_COLUMNS = (
     "norm",
@@ -34,6 +36,7 @@ RESULT_COLUMNS = (
     "best_epoch",
     "epochs",
     "run_dir",
+    "dataset",
 )
 BASELINE = "bn"
 
@@ -120,106 +123,182 @@ def _row(config: TrainConfig, metrics: dict[str, Any]) -> dict[str, Any]:
         "best_epoch": metrics.get("best_epoch"),
         "epochs": metrics.get("epochs"),
         "run_dir": config.checkpoint,
+        "dataset": metrics.get("dataset", config.dataset),
     }
 
 
 # --- statistics ----------------------------------------------------------------------------
 
 
-def t_quantile(confidence: float, dof: int) -> float:
-    """Two-sided Student's t quantile, e.g. ``t_quantile(0.95, 2) ≈ 4.303``."""
-    from scipy import stats
-
-    return float(stats.t.ppf(0.5 + confidence / 2, dof))
-
-
-def paired_difference(
-    values: Sequence[float], baseline: Sequence[float], confidence: float = 0.95
-) -> dict[str, Any]:
-    """Mean of ``values[i] - baseline[i]`` and its ``confidence`` interval (paired t).
-
-    With fewer than two pairs the interval is undefined (``None``); ``significant`` says whether
-    the interval excludes 0.
-    """
-    diffs = [v - b for v, b in zip(values, baseline, strict=True)]
-    n = len(diffs)
-    mean = statistics.fmean(diffs) if diffs else math.nan
-    if n < 2:
-        return {"n": n, "mean": mean, "low": None, "high": None, "significant": False}
-    half = t_quantile(confidence, n - 1) * statistics.stdev(diffs) / math.sqrt(n)
-    low, high = mean - half, mean + half
-    return {"n": n, "mean": mean, "low": low, "high": high, "significant": low > 0 or high < 0}
-
-
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
-    """``summary.md``: mean ± std of test accuracy (and macro AUC) per norm and batch size, and
-    the paired difference to BN over the same seeds."""
+def cell_statistics(
+    rows: Sequence[dict[str, Any]], confidence: float = 0.95
+) -> list[dict[str, Any]]:
+    """One entry per norm and batch size: n, mean ± std of test accuracy (and macro AUC), and
+    for each norm but BN the paired difference to BN over the same seeds (:func:`paired_difference`)
+    with its Holm–Bonferroni-adjusted p-value over every such comparison in ``rows``
+    (:func:`holm_bonferroni`) and the verdict that follows."""
     norms = list(dict.fromkeys(r["norm"] for r in rows))
-    sizes = sorted({r["batch_size"] for r in rows})
-    cell = {(r["norm"], r["batch_size"], r["seed"]): r for r in rows}
+    sizes = sorted({int(r["batch_size"]) for r in rows})
+    cell = {(r["norm"], int(r["batch_size"]), r["seed"]): r for r in rows}
     has_auc = all(r.get("test_macro_auc") not in (None, "") for r in rows)
-    level = f"{confidence:.0%}"
-    lines = [
-        "# Comparison",
-        "",
-        f"Test accuracy, mean ± std over seeds; Δ vs BN is the paired difference over the same "
-        f"seeds with its {level} confidence interval (Student's t, n - 1 degrees of freedom).",
-        "",
-    ]
-    header = ["norm", "batch", "n", "test acc"]
-    if has_auc:
-        header.append("macro AUC")
-    header += [f"Δ acc vs BN ({level} CI)", "verdict"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    verdicts = []
+    cells = []
     for size in sizes:
         for norm in norms:
             runs = [r for (n, b, _), r in sorted(cell.items()) if n == norm and b == size]
             if not runs:
                 continue
-            acc_mean, acc_std = _mean_std([float(r["test_acc"]) for r in runs])
-            line = [norm, str(size), str(len(runs)), f"{acc_mean:.4f} ± {acc_std:.4f}"]
+            entry: dict[str, Any] = {"norm": norm, "batch_size": size, "n": len(runs)}
+            entry["acc"] = _mean_std([float(r["test_acc"]) for r in runs])
             if has_auc:
-                auc_mean, auc_std = _mean_std([float(r["test_macro_auc"]) for r in runs])
-                line.append(f"{auc_mean:.4f} ± {auc_std:.4f}")
-            if norm == BASELINE or BASELINE not in norms:
-                line += ["—", "baseline" if norm == BASELINE else "no BN runs to compare"]
-            else:
+                entry["auc"] = _mean_std([float(r["test_macro_auc"]) for r in runs])
+            if norm != BASELINE and BASELINE in norms:
                 seeds = [r["seed"] for r in runs if (BASELINE, size, r["seed"]) in cell]
-                diff = paired_difference(
+                entry["diff"] = paired_difference(
                     [float(cell[(norm, size, s)]["test_acc"]) for s in seeds],
                     [float(cell[(BASELINE, size, s)]["test_acc"]) for s in seeds],
                     confidence,
                 )
-                if diff["low"] is None:
-                    line += [f"{diff['mean']:+.4f} (n={diff['n']}, no CI)", "not significant"]
-                else:
-                    line.append(f"{diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}]")
-                    if diff["significant"]:
-                        word = "better" if diff["mean"] > 0 else "worse"
-                        line.append(f"**{word} than BN**")
-                        verdicts.append(f"{norm} at batch {size}: {word} than BN")
-                    else:
-                        line.append("not significant")
-            lines.append("| " + " | ".join(line) + " |")
+            cells.append(entry)
+    tested = [c for c in cells if "diff" in c]
+    alpha = 1 - confidence
+    corrected = holm_bonferroni([c["diff"]["p"] for c in tested], alpha)
+    for entry, (adjusted, reject) in zip(tested, corrected):
+        diff = entry["diff"]
+        entry["p_holm"] = adjusted
+        if diff["p"] is None:
+            entry["verdict"] = "no test (n < 2)"
+        elif reject:
+            entry["verdict"] = ("better" if diff["mean"] > 0 else "worse") + " than BN"
+        elif diff["significant"]:
+            entry["verdict"] = "not significant after correction"
+        else:
+            entry["verdict"] = "not significant"
+    for entry in cells:
+        entry.setdefault(
+            "verdict", "baseline" if entry["norm"] == BASELINE else "no BN runs to compare"
+        )
+    return cells
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}"
+
+
+def _multiplicity(m: int, level: str, alpha: str, alpha_value: float) -> str:
+    if m == 0:
+        return (
+            "No difference to BN can be tested: a paired t-test needs at least two seeds that "
+            "the norm shares with BN (e.g. --seeds 0 1 2)."
+        )
+    if m == 1:
+        return (
+            "This grid makes 1 comparison with BN; with one test, the Holm–Bonferroni "
+            "correction changes nothing (Holm p = p)."
+        )
+    return (
+        f"This grid makes {m} comparisons with BN. Tested each at the {level} level alone, "
+        f"about {m} × {alpha} = {m * alpha_value:.2f} of them would come out significant by "
+        "chance even between equal norms, so the verdicts are corrected (Holm–Bonferroni): a "
+        f"difference is significant only when its adjusted p-value (Holm p) is ≤ {alpha}, which "
+        f"keeps the chance of any false verdict in the grid at {alpha} or less. An interval that "
+        "excludes 0 is not enough by itself."
+    )
+
+
+def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
+    """``summary.md``: mean ± std of test accuracy (and macro AUC) per norm and batch size, the
+    paired difference to BN over the same seeds with its uncorrected interval, and verdicts
+    corrected for the number of comparisons (Holm–Bonferroni)."""
+    cells = cell_statistics(rows, confidence)
+    has_auc = any("auc" in c for c in cells)
+    level = f"{confidence:.0%}"
+    alpha = f"{1 - confidence:.2g}"
+    tested = [c for c in cells if c.get("diff", {}).get("p") is not None]
+    m = len(tested)
+    lines = [
+        "# Comparison",
+        "",
+        "Test accuracy, mean ± std over seeds. Δ vs BN is the paired difference over the same "
+        f"seeds with its {level} confidence interval (Student's t, n - 1 degrees of freedom), "
+        "uncorrected; p is the paired t-test's two-sided p-value.",
+        "",
+        _multiplicity(m, level, alpha, 1 - confidence),
+        "",
+    ]
+    header = ["norm", "batch", "n", "test acc"]
+    if has_auc:
+        header.append("macro AUC")
+    header += [f"Δ acc vs BN ({level} CI)", "p", "Holm p", "verdict"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for c in cells:
+        line = [c["norm"], str(c["batch_size"]), str(c["n"]), "{:.4f} ± {:.4f}".format(*c["acc"])]
+        if has_auc:
+            line.append("{:.4f} ± {:.4f}".format(*c["auc"]) if "auc" in c else "—")
+        diff = c.get("diff")
+        if diff is None:
+            line += ["—", "—", "—"]
+        elif diff["low"] is None:
+            line += [f"{diff['mean']:+.4f} (n={diff['n']}, no CI)", "—", "—"]
+        else:
+            line += [
+                f"{diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}]",
+                _p(diff["p"]),
+                _p(c["p_holm"]),
+            ]
+        verdict = c["verdict"]
+        line.append(f"**{verdict}**" if verdict.endswith("than BN") else verdict)
+        lines.append("| " + " | ".join(line) + " |")
     lines.append("")
-    if verdicts:
-        lines.append("Significant at the {} level: {}.".format(level, "; ".join(verdicts)))
-    else:
+    significant = [c for c in cells if c["verdict"].endswith("than BN")]
+    uncorrected = [c for c in cells if c["verdict"] == "not significant after correction"]
+    where = "; ".join
+    comparisons = f"{m} comparison{'s' if m != 1 else ''}"
+    if significant:
         lines.append(
-            f"No difference to BN is significant at the {level} level: with these seeds the "
-            "data cannot tell the norms apart."
+            f"Significant after Holm–Bonferroni correction over {comparisons}: "
+            + where(f"{c['norm']} at batch {c['batch_size']}: {c['verdict']}" for c in significant)
+            + "."
+        )
+    elif m:
+        lines.append(
+            f"No difference to BN is significant after Holm–Bonferroni correction over "
+            f"{comparisons}: with these seeds the data cannot tell the norms apart."
+        )
+    if uncorrected:
+        lines.append(
+            f"Uncorrected, the {level} interval excludes 0 for "
+            + where(f"{c['norm']} at batch {c['batch_size']}" for c in uncorrected)
+            + f". With {comparisons} of equal norms, at least one interval excludes 0 by "
+            f"chance alone in {1 - confidence**m:.0%} of grids (for independent tests)."
         )
     lines.append("")
     return "\n".join(lines)
 
 
-def plot_comparison(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Test accuracy against batch size, one line per norm, error bars ± std."""
+def _plot_title(rows: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any]]) -> str:
+    def span(values: Sequence[Any]) -> str:
+        low, high = min(values), max(values)
+        return str(low) if low == high else f"{low}–{high}"
+
+    datasets = sorted({str(r.get("dataset") or "?") for r in rows})
+    epochs = [int(r["epochs"]) for r in rows if r.get("epochs") not in (None, "")]
+    parts = [", ".join(datasets), f"n = {span([c['n'] for c in cells])} seeds per point"]
+    if epochs:
+        parts.append(f"{span(epochs)} epochs")
+    return "; ".join(parts)
+
+
+def plot_comparison(rows: Sequence[dict[str, Any]], path: Path, confidence: float = 0.95) -> None:
+    """Two panels against batch size, norms offset along x: the paired difference to BN with
+    its uncorrected interval (filled marker: significant after Holm–Bonferroni), and the raw
+    test accuracy, mean ± std with each seed as a dot. The title gives the data set, n and
+    the epochs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,32 +306,57 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
     from .checkpoint import atomic_write
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for norm in dict.fromkeys(r["norm"] for r in rows):
-        sizes = sorted({r["batch_size"] for r in rows if r["norm"] == norm})
-        stats = [
-            _mean_std(
-                [float(r["test_acc"]) for r in rows if r["norm"] == norm and r["batch_size"] == s]
-            )
-            for s in sizes
+    cells = cell_statistics(rows, confidence)
+    norms = list(dict.fromkeys(c["norm"] for c in cells))
+    sizes = sorted({c["batch_size"] for c in cells})
+    width = 0.7 / max(len(norms), 1)
+    offset = {n: (i - (len(norms) - 1) / 2) * width for i, n in enumerate(norms)}
+    colors = {n: f"C{i}" for i, n in enumerate(norms)}
+    fig, (ax_diff, ax_acc) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for c in cells:
+        norm, x = c["norm"], sizes.index(c["batch_size"]) + offset[c["norm"]]
+        label = norm if c["batch_size"] == sizes[0] else None
+        accs = [
+            float(r["test_acc"])
+            for r in rows
+            if r["norm"] == norm and int(r["batch_size"]) == c["batch_size"]
         ]
-        ax.errorbar(
-            sizes,
-            [m for m, _ in stats],
-            yerr=[s for _, s in stats],
-            marker="o",
-            capsize=4,
-            label=norm,
+        ax_acc.errorbar(
+            x, c["acc"][0], yerr=c["acc"][1], fmt="o", capsize=4, color=colors[norm], label=label
         )
-    ax.set_xscale("log", base=2)
-    sizes = sorted({r["batch_size"] for r in rows})
-    ax.set_xticks(sizes, labels=[str(s) for s in sizes])
-    ax.minorticks_off()
-    ax.set(
-        xlabel="batch size", ylabel="test accuracy", title="test accuracy (mean ± std over seeds)"
+        ax_acc.plot([x] * len(accs), accs, ".", alpha=0.4, color=colors[norm])
+        diff = c.get("diff")
+        if diff is None:
+            continue
+        if diff["low"] is None:
+            ax_diff.plot(x, diff["mean"], "x", color=colors[norm], label=label)
+            continue
+        significant = c["verdict"].endswith("than BN")
+        ax_diff.errorbar(
+            x,
+            diff["mean"],
+            yerr=[[diff["mean"] - diff["low"]], [diff["high"] - diff["mean"]]],
+            fmt="o",
+            capsize=4,
+            color=colors[norm],
+            markerfacecolor=colors[norm] if significant else "white",
+            label=label,
+        )
+    ax_diff.axhline(0, color="0.3", linewidth=1)
+    level = f"{confidence:.0%}"
+    ax_diff.set(
+        ylabel="test accuracy − BN (paired)",
+        title=f"difference to BN, {level} CI (uncorrected)\nfilled marker: significant after Holm",
     )
-    ax.grid(alpha=0.3)
-    ax.legend()
+    ax_acc.set(ylabel="test accuracy", title="test accuracy (mean ± std; dots: seeds)")
+    for ax in (ax_diff, ax_acc):
+        ax.set_xticks(range(len(sizes)), labels=[str(s) for s in sizes])
+        ax.set_xlim(-0.5, len(sizes) - 0.5)
+        ax.set_xlabel("batch size")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(_plot_title(rows, cells))
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)

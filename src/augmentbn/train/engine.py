@@ -36,7 +36,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, TrainConfig
 from .metrics import classification_metrics
-from .report import write_curves, write_json, write_log
+from .report import run_title, write_curves, write_json, write_log
 
 __all__ = ["RunError", "Trainer", "evaluate_checkpoint", "train"]
 
@@ -330,7 +330,7 @@ class Trainer:
 
     def _write_outputs(self) -> None:
         write_log(self.out / "log.csv", self.history)
-        write_curves(self.out / "curves.png", self.history)
+        write_curves(self.out / "curves.png", self.history, title=run_title(self.config))
 
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs, evaluate, write every output; return ``metrics.json``."""

@@ -12,7 +12,15 @@ from typing import Any
 
 from .checkpoint import atomic_write
 
-__all__ = ["LOG_COLUMNS", "write_csv", "write_curves", "write_json", "write_log"]
+__all__ = [
+    "LOG_COLUMNS",
+    "curves_figure",
+    "run_title",
+    "write_csv",
+    "write_curves",
+    "write_json",
+    "write_log",
+]
 
 LOG_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "time")
 
@@ -34,12 +42,34 @@ def write_log(path: Path, history: Sequence[dict[str, Any]]) -> None:
     write_csv(path, history, LOG_COLUMNS)
 
 
-def write_curves(path: Path, history: Sequence[dict[str, Any]]) -> None:
-    """Loss and accuracy per epoch, train and val."""
+def run_title(config: Any) -> str:
+    """``"nabn: resnet20 on digits, batch 8, seed 0"``, for a run's plots."""
+    arch = config.resolved_arch
+    if arch in ("resnet", "resnet_cifar"):
+        arch = f"resnet{config.depth}"
+    return (
+        f"{config.resolved_norm}: {arch} on {config.dataset}, "
+        f"batch {config.train_batch}, seed {config.seed}"
+    )
+
+
+def write_curves(path: Path, history: Sequence[dict[str, Any]], title: str | None = None) -> None:
+    """``curves.png``: :func:`curves_figure`, written atomically."""
+    fig = curves_figure(history, title)  # selects the Agg backend before pyplot is imported
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def curves_figure(history: Sequence[dict[str, Any]], title: str | None = None) -> Any:
+    """Loss and accuracy per epoch, train and val, on integer epoch ticks; ``title`` (e.g.
+    :func:`run_title`) above both."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -49,8 +79,10 @@ def write_curves(path: Path, history: Sequence[dict[str, Any]]) -> None:
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    return fig
