@@ -7,6 +7,7 @@ config builds the dataset, the model and the engine.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,6 +17,7 @@ from typing import Any
 from ..convert import PLACEMENTS
 from ..functional import NOISE_TYPES, RUNNING_STATS
 from ..layers import NORM_LAYERS
+from .validate import MAX_IMAGE_SIZE, above, at_least, between, check_values, each, one_of
 
 __all__ = [
     "ConfigError",
@@ -74,27 +76,12 @@ class TrainConfig:
     compile: bool = False
     preset: str | None = None
 
-    def validate(self) -> TrainConfig:
-        """Raise :class:`ConfigError` naming the first problem; return self."""
+    def validate(self, source: str = "config") -> TrainConfig:
+        """Check every value (type, range, choice) and their combinations; raise
+        :class:`ConfigError` naming the first problem and ``source``; return self."""
+        check_values(self.to_dict(), _hints(), _RULES, source)
         norm = self.resolved_norm
-        if norm not in NORM_LAYERS:
-            raise ConfigError(f"unknown norm {norm!r}; valid norms: {', '.join(NORM_LAYERS)}")
-        if self.placement is not None and self.placement not in PLACEMENTS:
-            raise ConfigError(
-                f"unknown placement {self.placement!r}; valid: {', '.join(PLACEMENTS)}"
-            )
-        if self.noise not in NOISE_TYPES:
-            raise ConfigError(f"unknown noise {self.noise!r}; valid: {', '.join(NOISE_TYPES)}")
-        if self.running_stats not in RUNNING_STATS:
-            raise ConfigError(
-                f"unknown running_stats {self.running_stats!r}; valid: {', '.join(RUNNING_STATS)}"
-            )
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: sgd, adam")
-        if self.block_name not in ("basic", "bottleneck"):
-            raise ConfigError(f"block_name must be basic or bottleneck, got {self.block_name!r}")
-        if self.epochs < 0 or self.train_batch < 1 or self.test_batch < 1:
-            raise ConfigError("epochs must be >= 0 and batch sizes >= 1")
+        _check_arch(self)
         if self.train_batch == 1 and norm in ("bn", "nabn", "iebn"):
             raise ConfigError(
                 f"train batch size 1 cannot train with norm={norm!r}: batch normalization needs "
@@ -135,10 +122,74 @@ class TrainConfig:
             raise ConfigError(
                 f"{source}: unknown keys {unknown}; valid keys: {', '.join(sorted(names))}"
             )
-        return cls(**values)
+        return cls(**check_values(values, _hints(), _RULES, source))
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _datasets() -> list[str]:
+    from ..data import list_datasets
+
+    return list_datasets()
+
+
+def _norm_names(name: str) -> str | None:
+    """The one check of a norm name (``<norm>_<arch>`` prefixes are resolved first)."""
+    return None if name.lower() in NORM_LAYERS else f"one of {', '.join(NORM_LAYERS)}"
+
+
+def _device(name: str) -> str | None:
+    import torch
+
+    try:
+        torch.device(name)
+    except RuntimeError:
+        return "auto, cpu, cuda, cuda:<index>, mps or another torch device"
+    return None
+
+
+_RULES = {
+    "depth": at_least(1),
+    "block_name": one_of(("basic", "bottleneck")),
+    "norm": _norm_names,
+    "placement": one_of(PLACEMENTS),
+    "theta": at_least(0, finite=False),
+    "noise": one_of(NOISE_TYPES),
+    "noise_std": above(0),
+    "running_stats": one_of(RUNNING_STATS),
+    "dataset": one_of(_datasets),
+    "image_size": between(1, MAX_IMAGE_SIZE),
+    "workers": at_least(0),
+    "epochs": at_least(0),
+    "schedule": each(at_least(1)),
+    "gamma": above(0),
+    "lr": above(0),
+    "momentum": between(0, 1),
+    "weight_decay": at_least(0),
+    "optimizer": one_of(OPTIMIZERS),
+    "train_batch": at_least(1),
+    "test_batch": at_least(1),
+    "checkpoint": lambda v: "a folder name" if not v else None,
+    "seed": between(0, 2**62),
+    "device": lambda v: None if v == "auto" else _device(v),
+}
+"""Range and choice of each field (its type comes from the annotation)."""
+
+
+def _check_arch(config: TrainConfig) -> None:
+    from ..models import list_models
+
+    arch = config.resolved_arch
+    if arch not in ("resnet", "resnet_cifar", *list_models()):
+        raise ConfigError(
+            f"unknown arch {config.arch!r}; valid: resnet (CIFAR ResNet with --depth and "
+            f"--block-name), <norm>_resnet (e.g. iebn_resnet), or one of {', '.join(list_models())}"
+        )
 
 
 def resolve_arch(arch: str, norm: str) -> tuple[str, str]:
@@ -170,7 +221,11 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
 
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        text, source = path.read_text(), str(path)
+        source = f"preset {path}"
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{source}: cannot be read ({error})") from error
     else:
         resource = _preset_dir() / f"{name_or_path}.yaml"
         if not resource.is_file():
@@ -179,7 +234,10 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
                 "(or a path to a .yaml file)"
             )
         text, source = resource.read_text(), f"preset {name_or_path}"
-    values = yaml.safe_load(text) or {}
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source} is not valid YAML: {error}") from error
     if not isinstance(values, dict):
         raise ConfigError(
             f"{source}: expected a mapping of config keys, got {type(values).__name__}"

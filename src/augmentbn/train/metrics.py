@@ -50,7 +50,7 @@ def classification_metrics(
             auc = roc_auc_score(y_true, probs[:, 1])
         else:
             auc = roc_auc_score(y_true, probs, multi_class="ovr", average="macro", labels=labels)
-        auc = float(auc)
+        auc = float(auc) if np.isfinite(auc) else None  # NaN: a class missing from the split
     except ValueError:  # a class missing from this split
         auc = None
     result: dict[str, Any] = {
