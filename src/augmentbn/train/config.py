@@ -237,7 +237,10 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     try:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"{source} is not valid YAML: {error}") from error
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{source} is not valid YAML{where}: {problem}") from error
     if not isinstance(values, dict):
         raise ConfigError(
             f"{source}: expected a mapping of config keys, got {type(values).__name__}"

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -151,6 +152,7 @@ class RunFolder:
     state: dict[str, Any] | None = None
     finished: dict[str, Any] | None = None
     path: Path = field(init=False)
+    created: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.path = _staging(self.out) if self.staging else self.out
@@ -220,6 +222,7 @@ class RunFolder:
             for leftover in (_staging(self.out), _retired(self.out)):
                 if leftover.is_dir():
                     shutil.rmtree(leftover)
+            self.created = not self.path.exists()
             self.path.mkdir(parents=True, exist_ok=True)
             if self.state is not None:
                 (self.out / "metrics.json").unlink(missing_ok=True)
@@ -256,9 +259,13 @@ class RunFolder:
         return self.out
 
     def abandon(self) -> None:
-        """After a failure before :meth:`commit`: remove the staging folder (the old run stays)."""
+        """After a failure before :meth:`commit`: remove the staging folder (the old run stays),
+        or the run's folder if :meth:`start` created it and nothing is in it."""
         if self.staging and self.path != self.out:
             shutil.rmtree(self.path, ignore_errors=True)
+        elif self.created:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()  # only when empty
 
 
 def _refuse_differences(
