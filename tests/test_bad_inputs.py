@@ -73,10 +73,13 @@ def finished(tmp_path_factory) -> Path:
         ("amp: maybe", r"amp='maybe' is invalid; amp must be true or false"),
         (
             "schedule: [2, -1]",
-            r"schedule=\[2, -1\] is invalid; schedule must be a list of values >= 1",
+            r"schedule=\[2, -1\] is invalid; schedule must be a list of values each >= 1",
         ),
         ("epochs: [1\nlr: 0.1", r"is not valid YAML \(line 2, column 3\): expected ',' or '\]'"),
         ("- 1\n- 2", r"expected a mapping of config keys, got list"),
+        ("compare:\n  norms: bn", r"norms='bn' is invalid; norms must be a list of strings"),
+        ("compare:\n  batch_sizes: [2, 0]", r"batch_sizes must be a list of values each >= 1"),
+        ("compare:\n  norm: [bn]", r"unknown keys \['norm'\] in compare"),
     ],
 )
 def test_bad_preset_values_name_key_value_source_and_rule(tmp_path, capsys, yaml_text, expected):

@@ -181,6 +181,15 @@ _RULES = {
 """Range and choice of each field (its type comes from the annotation)."""
 
 
+_COMPARE_HINTS = {"norms": list[str], "batch_sizes": list[int], "seeds": list[int]}
+_COMPARE_RULES = {
+    "norms": each(_norm_names),
+    "batch_sizes": each(_RULES["train_batch"]),
+    "seeds": each(_RULES["seed"]),
+}
+"""A preset's ``compare:`` section."""
+
+
 def _check_arch(config: TrainConfig) -> None:
     from ..models import list_models
 
@@ -249,4 +258,11 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     TrainConfig.from_dict({k: v for k, v in values.items() if k != "compare"}, source=source)
     if compare is not None and not isinstance(compare, dict):
         raise ConfigError(f"{source}: 'compare' must be a mapping")
+    if compare:
+        unknown = sorted(set(compare) - set(_COMPARE_HINTS))
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown keys {unknown} in compare; valid: norms, batch_sizes, seeds"
+            )
+        values["compare"] = check_values(compare, _COMPARE_HINTS, _COMPARE_RULES, source)
     return values

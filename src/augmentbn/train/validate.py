@@ -103,7 +103,7 @@ def each(rule: Rule) -> Rule:
     def check(values):
         for v in values:
             if (allowed := rule(v)) is not None:
-                return f"a list of values {allowed}"
+                return f"a list of values each {allowed}"
         return None
 
     return check
