@@ -122,6 +122,16 @@ def test_signal_then_resume_is_bitwise_the_straight_run(
     ]
 
 
+def test_command_line_reports_sigterm_and_keeps_the_last_epoch(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--depth", "8", "--epochs", "2", "--train-batch", "64", "-c", str(out)]
+    after_step(monkeypatch, STEPS_PER_EPOCH + 2, _signal(signal.SIGTERM))
+    assert main([*argv, "--device", "cpu"]) == 143
+    err = capsys.readouterr().err
+    assert "terminated; the unfinished epoch is not saved" in err and "Traceback" not in err
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1 and not list(out.glob(".*.tmp"))
+
+
 def test_kill_9_then_resume_is_bitwise_the_straight_run(tmp_path, straight):
     out = tmp_path / "run"
     script = textwrap.dedent(

@@ -246,10 +246,10 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any], path: Path) -> None:
         load_weights(self.model, state["model"], path, describe_model(self.config))
-        scheduler = dict(state["scheduler"])
-        if isinstance(scheduler.get("milestones"), dict):
-            scheduler["milestones"] = Counter(scheduler["milestones"])
         try:
+            scheduler = dict(state["scheduler"])
+            if isinstance(scheduler.get("milestones"), dict):
+                scheduler["milestones"] = Counter(scheduler["milestones"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(scheduler)
             self.epoch = state["epoch"]
