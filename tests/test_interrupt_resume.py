@@ -309,3 +309,26 @@ def test_resume_path_forms(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot read checkpoint" in err and "--overwrite" in err
     assert "resume from best.pt" not in err and "Traceback" not in err
+
+
+def test_interrupt_between_the_two_renames_keeps_the_old_run(tmp_path, monkeypatch):
+    from augmentbn.train import rundir
+
+    out = tmp_path / "run"
+    train(tiny(out, epochs=1))
+    old = _tree(out)
+    original, calls = os.replace, []
+
+    def replace_then_interrupt(src, dst):
+        if Path(src).is_dir():  # commit's renames, not the files' atomic writes
+            calls.append((Path(src).name, Path(dst).name))
+            if len(calls) == 2:  # the old run is aside, the new one not yet in place
+                raise KeyboardInterrupt
+        return original(src, dst)
+
+    monkeypatch.setattr(rundir.os, "replace", replace_then_interrupt)  # the os module's
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(out, epochs=1, lr=0.01), overwrite=True)
+    assert calls[:2] == [("run", ".run.replaced"), (".run.staging", "run")]
+    monkeypatch.undo()
+    assert _tree(out) == old and sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -168,6 +168,7 @@ class RunFolder:
             OutputError: the folder cannot be written.
         """
         out = Path(config.checkpoint)
+        _restore_retired(out)
         if out.exists() and not out.is_dir():
             raise RunError(f"cannot use {out} as a run folder: it is a file")
         last, metrics = out / "last.pt", out / "metrics.json"
@@ -262,10 +263,24 @@ class RunFolder:
         """After a failure before :meth:`commit`: remove the staging folder (the old run stays),
         or the run's folder if :meth:`start` created it and nothing is in it."""
         if self.staging and self.path != self.out:
+            _restore_retired(self.out)  # interrupted between commit's two renames
             shutil.rmtree(self.path, ignore_errors=True)
         elif self.created:
             with contextlib.suppress(OSError):
                 self.path.rmdir()  # only when empty
+
+
+def _restore_retired(out: Path) -> None:
+    """Put back an old run that :meth:`RunFolder.commit` moved aside and could not replace (an
+    interruption between its two renames)."""
+    retired = _retired(out)
+    if retired.is_dir() and not out.exists():
+        try:
+            os.replace(retired, out)
+        except OSError as error:
+            raise OutputError(
+                f"cannot move {retired} back to {out}: {describe_os_error(error)}"
+            ) from error
 
 
 def _refuse_differences(
