@@ -159,7 +159,8 @@ class RunFolder:
 
     @classmethod
     def open(cls, config: TrainConfig, *, resume: bool, overwrite: bool) -> RunFolder:
-        """Inspect ``config.checkpoint`` and decide; reads, writes nothing.
+        """Inspect ``config.checkpoint`` and decide. Writes nothing, except to put back an old run
+        that an interrupted ``overwrite`` had moved aside.
 
         Raises:
             RunError: the folder holds a run and neither ``resume`` nor ``overwrite`` is given, or
@@ -202,8 +203,8 @@ class RunFolder:
                 return cls(out, finished=done)
         if not last.is_file():
             raise RunError(
-                f"{out} holds a finished run without last.pt or config.yaml, so it cannot be "
-                "continued or checked; pass --overwrite to train it again"
+                f"{out} holds a finished run without last.pt, so it cannot be continued or "
+                "checked against these settings; pass --overwrite to train it again"
             )
         try:
             state = load_checkpoint(last, resume=True)
