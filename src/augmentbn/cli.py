@@ -138,10 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="",
         default=None,
-        metavar="CHECKPOINT",
-        help="continue the run in --checkpoint (or in the folder of CHECKPOINT)",
+        metavar="RUN",
+        help="continue the run in --checkpoint, or in the folder RUN (or RUN/last.pt) from the "
+        "end of its last finished epoch; with -e, the checkpoint file to evaluate",
     )
-    train.add_argument("--overwrite", action="store_true", help="replace a run in the folder")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train again and replace the run in the folder once the new one has a checkpoint",
+    )
     train.add_argument(
         "-e",
         "--evaluate",
@@ -261,9 +266,7 @@ def _train(args: argparse.Namespace) -> int:
 
     config, _ = config_from_args(args)
     if args.resume:  # the reference passes the checkpoint file itself
-        resume_path = Path(args.resume)
-        folder = resume_path.parent if resume_path.suffix else resume_path
-        config = config.replace(checkpoint=str(folder))
+        config = config.replace(checkpoint=str(_resume_folder(Path(args.resume), args.evaluate)))
     if args.evaluate:
         path = (
             Path(args.resume)
@@ -280,6 +283,23 @@ def _train(args: argparse.Namespace) -> int:
         f"({metrics['best_epoch']}) {best:.4f}; outputs in {config.checkpoint}"
     )
     return 0
+
+
+def _resume_folder(path, evaluate: bool):
+    """The run folder ``--resume PATH`` names: PATH itself, or the folder of PATH/last.pt."""
+    from .train import RunError
+
+    if path.is_dir() or not path.suffix:
+        return path
+    if evaluate or path.name == "last.pt":
+        return path.parent
+    if path.name == "best.pt":
+        raise RunError(
+            f"--resume {path}: a run continues from where it stopped, its last.pt; best.pt holds "
+            f"the best validation epoch. Resume with --resume {path.parent}, or evaluate this "
+            f"file with `augmentbn eval {path}`"
+        )
+    raise RunError(f"--resume takes a run folder or its last.pt, got {path}")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -366,12 +386,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         DatasetNotFoundError,
         DownloadError,
     )
-    from .train import CheckpointError, ConfigError, RunError
+    from .train import CheckpointError, ConfigError, OutputError, RunError
+    from .train.signals import Terminated
 
     expected = (
         CamError,
         ConfigError,
         CheckpointError,
+        OutputError,
         RunError,
         DatasetNotFoundError,
         DownloadError,
@@ -386,9 +408,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except expected as error:
         print(f"augmentbn {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; last.pt holds the run so far (resume with --resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        what = "terminated" if isinstance(error, Terminated) else "interrupted"
+        print(
+            f"\n{what}; the unfinished epoch is not saved: --resume (or the same compare command) "
+            "continues from the end of the last finished epoch, exactly as if uninterrupted",
+            file=sys.stderr,
+        )
+        return 143 if isinstance(error, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ Files (as torchvision's ``CIFAR10``/``CIFAR100`` download and unpack them)::
     root/cifar-100-python/{train, test, meta}
 
 each a Python pickle: ``data`` (``N×3072`` uint8, channel-major 32×32), ``labels`` (CIFAR-10) or
-``fine_labels`` (CIFAR-100), and in the meta file ``label_names`` / ``fine_label_names``.
+``fine_labels`` (CIFAR-100), and in the meta file ``label_names`` / ``fine_label_names``. They
+are read with :mod:`.safe_pickle`, which builds plain data and NumPy arrays and refuses anything
+else, so a planted file cannot run code.
 The address, archive name and checksum are torchvision's.
 
 ``val`` is ``val_fraction`` (default 10%: 5,000 images) of the training batches, stratified and
@@ -18,7 +20,6 @@ horizontal flip.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from .download import download as fetch
 from .errors import REDOWNLOAD_HINT, CorruptFileError, not_found
 from .info import DatasetInfo
 from .registry import default_root, register_dataset
+from .safe_pickle import load_plain
 from .splits import stratified_split
 from .transforms import CropFlip, resize_images, scaled_padding
 
@@ -61,7 +63,7 @@ def _layout(root: Path, cls: Any) -> str:
 def _unpickle(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = load_plain(f, encoding="latin1")
     except Exception as err:
         raise CorruptFileError(
             path,

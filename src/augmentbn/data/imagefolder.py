@@ -217,6 +217,11 @@ def build_imagefolder(
         raise _missing(f"{train_dir} not found (every split needs the training classes)", root)
     train = _scan(train_dir)
     classes = tuple(train)
+    if len(classes) < 2:
+        raise DatasetLayoutError(
+            f"{train_dir} holds one class folder ({classes[0]}); a classifier needs at least "
+            "2 classes, one folder of images each"
+        )
     has_val = (root / "val").is_dir()
     record = None
     if split == "test" or (split == "val" and has_val):

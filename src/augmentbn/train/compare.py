@@ -1,27 +1,29 @@
 """``augmentbn compare``: the grid norms × batch sizes × seeds on one dataset and model, with
 everything else held fixed, and honest statistics on the result.
 
-Each cell of the grid is an ordinary run in ``out/runs/<norm>-bs<B>-seed<S>``; a run whose
-``metrics.json`` exists is finished and skipped, so an interrupted grid resumes where it
-stopped. ``results.csv`` holds one row per run; ``summary.md`` the mean ± std per norm and batch
-size and, for each norm, the paired difference to BatchNorm over the same seeds with a 95%
-confidence interval (Student's t) and a verdict corrected for the number of comparisons in the
-grid (Holm–Bonferroni, :mod:`.stats`); ``comparison.png`` plots the paired differences with their
-intervals and the raw accuracies.
+Each cell of the grid is an ordinary run in ``out/runs/<norm>-bs<B>-seed<S>``. A finished run
+trained with the same settings is skipped, an unfinished one (an interrupted grid) is continued
+exactly, and one trained with other settings is refused with the differences listed, before any
+cell trains (``overwrite=True`` trains every cell again). ``results.csv`` holds one row per
+run; ``summary.md`` the mean ± std per norm and batch size and, for each norm, the paired
+difference to BatchNorm over the same seeds with a 95% confidence interval (Student's t) and a
+verdict corrected for the number of comparisons in the grid (Holm–Bonferroni, :mod:`.stats`);
+``comparison.png`` plots the paired differences with their intervals and the raw accuracies.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig
 from .engine import RunError, train
 from .report import write_csv
+from .rundir import RunFolder
 from .stats import holm_bonferroni, paired_difference
 
 __all__ = ["CompareGrid", "cell_statistics", "paired_difference", "run_grid", "summarize"]
@@ -73,7 +75,12 @@ def run_grid(
     base: TrainConfig, grid: CompareGrid, out: str | Path, *, overwrite: bool = False
 ) -> list[dict[str, Any]]:
     """Train every cell of ``grid`` (skipping finished ones); write ``results.csv``,
-    ``summary.md`` and ``comparison.png`` into ``out``; return the rows."""
+    ``summary.md`` and ``comparison.png`` into ``out``; return the rows.
+
+    Raises:
+        RunError: a cell's folder holds a run trained with other settings (every such cell and
+            setting is listed; nothing is trained).
+    """
     out = Path(out)
     configs = []
     for norm, batch_size, seed in grid.cells():
@@ -85,16 +92,27 @@ def run_grid(
             arch=base.resolved_arch,
         )
         configs.append(config.validate())  # every cell is checked before any trains
+    folders, refused = [], []
+    for config in configs:
+        try:
+            folders.append(RunFolder.open(config, resume=not overwrite, overwrite=overwrite))
+        except (RunError, CheckpointError) as error:
+            refused.append(str(error))
+    if refused:
+        raise RunError(
+            f"{len(refused)} of {len(configs)} runs cannot be continued; nothing was trained:\n"
+            + "\n".join(f"  {message}" for message in refused)
+        )
     rows = []
     total = len(configs)
-    for index, config in enumerate(configs, 1):
+    for index, (config, folder) in enumerate(zip(configs, folders), 1):
         label = (
             f"[{index}/{total}] norm={config.norm} batch={config.train_batch} seed={config.seed}"
         )
-        metrics_path = Path(config.checkpoint) / "metrics.json"
-        if metrics_path.is_file() and not overwrite:
+        folder.state = None  # train() reads the checkpoint again; don't hold every one
+        if folder.finished is not None:
             print(f"{label}: finished earlier, skipped", flush=True)
-            metrics = json.loads(metrics_path.read_text())
+            metrics = folder.finished
         else:
             print(f"{label}: training", flush=True)
             try:

@@ -7,13 +7,23 @@ config builds the dataset, the model and the engine.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..methods import get_method, list_methods, method_names, resolve_placement
+from ..methods import (
+    NOISE_TYPES,
+    PLACEMENTS,
+    RUNNING_STATS,
+    get_method,
+    list_methods,
+    method_names,
+    resolve_placement,
+)
+from .validate import MAX_IMAGE_SIZE, above, at_least, between, check_values, each, one_of
 
 __all__ = [
     "ConfigError",
@@ -70,22 +80,21 @@ class TrainConfig:
     compile: bool = False
     preset: str | None = None
 
-    def validate(self) -> TrainConfig:
-        """Raise :class:`ConfigError` naming the first problem; return self."""
+    def validate(self, source: str = "config") -> TrainConfig:
+        """Check every value (type, range, choice) and their combinations; raise
+        :class:`ConfigError` naming the first problem and ``source``; return self.
+
+        The norm, its placement and its parameters are checked by the method registry."""
+        check_values(self.to_dict(), _hints(), _RULES, source)
         try:
             spec = get_method(self.resolved_norm)
             resolve_placement(spec, self.placement)
             for method in _methods_with_config_params():  # NABN's keys, whatever the norm
                 method.resolve(self._method_params(method), f"norm {method.name!r}")
         except ValueError as error:
-            raise ConfigError(str(error)) from None
+            raise ConfigError(f"{source}: {error}") from None
         norm = spec.name
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: sgd, adam")
-        if self.block_name not in ("basic", "bottleneck"):
-            raise ConfigError(f"block_name must be basic or bottleneck, got {self.block_name!r}")
-        if self.epochs < 0 or self.train_batch < 1 or self.test_batch < 1:
-            raise ConfigError("epochs must be >= 0 and batch sizes >= 1")
+        _check_arch(self)
         if self.train_batch == 1 and spec.batch_statistics:
             raise ConfigError(
                 f"train batch size 1 cannot train with norm={norm!r}: batch normalization needs "
@@ -129,7 +138,7 @@ class TrainConfig:
             raise ConfigError(
                 f"{source}: unknown keys {unknown}; valid keys: {', '.join(sorted(names))}"
             )
-        return cls(**values)
+        return cls(**check_values(values, _hints(), _RULES, source))
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -142,6 +151,82 @@ def _methods_with_config_params():
     """The registered methods some of whose parameters are configuration keys (NABN)."""
     specs = (get_method(name) for name in list_methods())
     return [spec for spec in specs if any(p.name in _FIELDS for p in spec.params)]
+
+
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _datasets() -> list[str]:
+    from ..data import list_datasets
+
+    return list_datasets()
+
+
+def _norm_names(name: str) -> str | None:
+    """The one check of a norm name: a registered method or alias (any case)."""
+    if name.lower() in method_names():
+        return None
+    aliases = ", ".join(a for a, n in method_names().items() if a != n)
+    return f"one of {', '.join(list_methods())} (or an alias: {aliases})"
+
+
+def _device(name: str) -> str | None:
+    import torch
+
+    try:
+        torch.device(name)
+    except RuntimeError:
+        return "auto, cpu, cuda, cuda:<index>, mps or another torch device"
+    return None
+
+
+_RULES = {
+    "depth": at_least(1),
+    "block_name": one_of(("basic", "bottleneck")),
+    "norm": _norm_names,
+    "placement": one_of(PLACEMENTS),
+    "theta": at_least(0, finite=False),
+    "noise": one_of(NOISE_TYPES),
+    "noise_std": above(0),
+    "running_stats": one_of(RUNNING_STATS),
+    "dataset": one_of(_datasets),
+    "image_size": between(1, MAX_IMAGE_SIZE),
+    "workers": at_least(0),
+    "epochs": at_least(0),
+    "schedule": each(at_least(1)),
+    "gamma": above(0),
+    "lr": above(0),
+    "momentum": between(0, 1),
+    "weight_decay": at_least(0),
+    "optimizer": one_of(OPTIMIZERS),
+    "train_batch": at_least(1),
+    "test_batch": at_least(1),
+    "checkpoint": lambda v: "a folder name" if not v else None,
+    "seed": between(0, 2**62),
+    "device": lambda v: None if v == "auto" else _device(v),
+}
+"""Range and choice of each field (its type comes from the annotation)."""
+
+
+_COMPARE_HINTS = {"norms": list[str], "batch_sizes": list[int], "seeds": list[int]}
+_COMPARE_RULES = {
+    "norms": each(_norm_names),
+    "batch_sizes": each(_RULES["train_batch"]),
+    "seeds": each(_RULES["seed"]),
+}
+"""A preset's ``compare:`` section."""
+
+
+def _check_arch(config: TrainConfig) -> None:
+    from ..models import list_models
+
+    arch = config.resolved_arch
+    if arch not in ("resnet", "resnet_cifar", *list_models()):
+        raise ConfigError(
+            f"unknown arch {config.arch!r}; valid: resnet (CIFAR ResNet with --depth and "
+            f"--block-name), <norm>_resnet (e.g. iebn_resnet), or one of {', '.join(list_models())}"
+        )
 
 
 def resolve_arch(arch: str, norm: str) -> tuple[str, str]:
@@ -174,7 +259,11 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
 
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        text, source = path.read_text(), str(path)
+        source = f"preset {path}"
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{source}: cannot be read ({error})") from error
     else:
         resource = _preset_dir() / f"{name_or_path}.yaml"
         if not resource.is_file():
@@ -183,7 +272,13 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
                 "(or a path to a .yaml file)"
             )
         text, source = resource.read_text(), f"preset {name_or_path}"
-    values = yaml.safe_load(text) or {}
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{source} is not valid YAML{where}: {problem}") from error
     if not isinstance(values, dict):
         raise ConfigError(
             f"{source}: expected a mapping of config keys, got {type(values).__name__}"
@@ -192,4 +287,11 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     TrainConfig.from_dict({k: v for k, v in values.items() if k != "compare"}, source=source)
     if compare is not None and not isinstance(compare, dict):
         raise ConfigError(f"{source}: 'compare' must be a mapping")
+    if compare:
+        unknown = sorted(set(compare) - set(_COMPARE_HINTS))
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown keys {unknown} in compare; valid: norms, batch_sizes, seeds"
+            )
+        values["compare"] = check_values(compare, _COMPARE_HINTS, _COMPARE_RULES, source)
     return values

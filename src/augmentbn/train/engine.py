@@ -4,7 +4,9 @@ Outputs (in ``config.checkpoint``): ``config.yaml``, ``log.csv``, ``curves.png``
 ``last.pt`` and ``best.pt`` (written atomically), ``split.json`` where the data made a split,
 and TensorBoard events when ``tensorboard`` is installed. ``resume=True`` continues exactly: the
 checkpoint holds the model, optimizer, scheduler, epoch, history and every RNG state (Python,
-NumPy, torch, the data order and the NABN noise).
+NumPy, torch, the data order and the NABN noise) at the end of an epoch. An interruption (Ctrl-C,
+SIGTERM, ``kill -9``) writes nothing: ``last.pt`` keeps the last finished epoch, and the resumed
+run repeats the interrupted epoch from there, as the uninterrupted run did.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,14 +39,11 @@ from .checkpoint import (
 from .config import ConfigError, TrainConfig
 from .metrics import classification_metrics
 from .report import run_title, write_curves, write_json, write_log
+from .rundir import RunError, RunFolder
+from .signals import sigterm_raises
+from .weights import load_weights
 
 __all__ = ["RunError", "Trainer", "evaluate_checkpoint", "train"]
-
-OUTPUT_FILES = ("config.yaml", "log.csv", "curves.png", "metrics.json", "last.pt", "best.pt")
-
-
-class RunError(RuntimeError):
-    """A run that cannot start or go on; the message says why and what to do."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -118,6 +117,7 @@ class Trainer:
     history: list[dict[str, Any]] = field(default_factory=list)
     epoch: int = 0
     best: dict[str, Any] = field(default_factory=dict)
+    run: RunFolder | None = None  # replaces an overwritten run once the first checkpoint is out
 
     def __post_init__(self) -> None:
         # What runs the batches: the model, or its torch.compile'd wrapper (which shares its
@@ -128,26 +128,27 @@ class Trainer:
 
     @classmethod
     def create(cls, config: TrainConfig, *, splits: Iterable[str] = ("train", "val", "test")):
-        from ..data import build_dataset, list_datasets
+        from ..data import CorruptFileError, DatasetLayoutError, build_dataset
 
         config.validate()
-        if config.dataset not in list_datasets():
-            raise ConfigError(
-                f"unknown dataset {config.dataset!r}; valid: {', '.join(list_datasets())}"
-            )
         device = resolve_device(config.device)
         seed_everything(config.seed)
-        datasets = {
-            split: build_dataset(
-                config.dataset,
-                config.data_root,
-                split,
-                download=config.download,
-                image_size=config.image_size,
-                seed=config.seed,
-            )
-            for split in splits
-        }
+        try:
+            datasets = {
+                split: build_dataset(
+                    config.dataset,
+                    config.data_root,
+                    split,
+                    download=config.download,
+                    image_size=config.image_size,
+                    seed=config.seed,
+                )
+                for split in splits
+            }
+        except ValueError as error:
+            if isinstance(error, CorruptFileError | DatasetLayoutError):
+                raise
+            raise ConfigError(f"dataset {config.dataset!r}: {error}") from error
         info = next(iter(datasets.values())).info
         if info.task == "segmentation":
             raise ConfigError(
@@ -227,34 +228,40 @@ class Trainer:
 
     # -- state ------------------------------------------------------------------------------
 
-    def state(self, *, interrupted: bool = False) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:
+        """Everything an exact resume needs, as tensors and plain data (see checkpoint.py)."""
+        scheduler = self.scheduler.state_dict()
+        if isinstance(scheduler.get("milestones"), Counter):  # MultiStepLR's: a plain dict
+            scheduler["milestones"] = dict(scheduler["milestones"])
         return {
             "config": self.config.to_dict(),
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "scheduler": scheduler,
             "history": self.history,
             "best": self.best,
             "rng": capture_rng(self.generators),
-            "interrupted": interrupted,
         }
 
     def load_state(self, state: dict[str, Any], path: Path) -> None:
+        load_weights(self.model, state["model"], path, describe_model(self.config))
         try:
-            self.model.load_state_dict(state["model"])
+            scheduler = dict(state["scheduler"])
+            if isinstance(scheduler.get("milestones"), dict):
+                scheduler["milestones"] = Counter(scheduler["milestones"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        except (KeyError, RuntimeError, ValueError) as error:
+            self.scheduler.load_state_dict(scheduler)
+            self.epoch = state["epoch"]
+            self.history = list(state["history"])
+            self.best = dict(state["best"])
+            restore_rng(state["rng"], self.generators)
+        except (KeyError, TypeError, RuntimeError, ValueError) as error:
             raise CheckpointError(
-                f"checkpoint {path} does not match this run's model or optimizer "
-                f"({type(error).__name__}: {str(error).splitlines()[0]}); was it written with "
-                "another --arch, --depth, --norm, --placement or dataset?"
+                f"checkpoint {path}: its optimizer, scheduler or RNG state does not fit this run "
+                f"({type(error).__name__}: {error}); the file is damaged or was not written by "
+                "augmentbn's trainer"
             ) from error
-        self.epoch = state["epoch"]
-        self.history = list(state["history"])
-        self.best = dict(state["best"])
-        restore_rng(state["rng"], self.generators)
 
     # -- loops --------------------------------------------------------------------------------
 
@@ -279,10 +286,15 @@ class Trainer:
                 loss = loss_fn(logits.float(), targets)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
+                kept = (
+                    f"The last good checkpoint is {self.out / 'last.pt'} (end of epoch "
+                    f"{self.epoch})."
+                    if self.epoch
+                    else "No checkpoint was written: it happened in the first epoch."
+                )
                 raise RunError(
                     f"the training loss became {loss_value} at epoch {self.epoch + 1}, step "
-                    f"{step + 1}; stopping. The last good checkpoint is {self.out / 'last.pt'} "
-                    "(end of the previous epoch). Lower --lr, or check the data."
+                    f"{step + 1}; stopping. {kept} Lower --lr, or check the data."
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -339,14 +351,7 @@ class Trainer:
         try:
             while self.epoch < config.epochs:
                 epoch_start = time.perf_counter()
-                rng_at_epoch_start = capture_rng(self.generators)
-                try:
-                    train = self.train_epoch()
-                except KeyboardInterrupt:
-                    state = self.state(interrupted=True)
-                    state["rng"] = rng_at_epoch_start  # the interrupted epoch restarts
-                    save_checkpoint(out / "last.pt", state)
-                    raise
+                train = self.train_epoch()  # an interruption saves nothing: see the docstring
                 warn_if_clamped(self.model)  # one synchronization per epoch
                 val = self.evaluate("val")
                 self.epoch += 1
@@ -372,6 +377,11 @@ class Trainer:
                 if improved:
                     save_checkpoint(out / "best.pt", state)
                 save_checkpoint(out / "last.pt", state)
+                if self.run is not None and self.run.path != self.run.out:
+                    if tensorboard is not None:
+                        tensorboard.close()
+                    out = self.out = self.run.commit()
+                    tensorboard = _tensorboard_writer(out)
                 self._write_outputs()
                 print(
                     f"epoch {self.epoch}/{config.epochs}  lr {lr:.4g}  "
@@ -413,6 +423,13 @@ def _copy_with_state(model: nn.Module, state: dict[str, Any]) -> nn.Module:
     return clone
 
 
+def describe_model(config: TrainConfig) -> str:
+    """E.g. ``"resnet_cifar (depth 20, basic blocks), norm nabn"``."""
+    name, kwargs = model_spec(config)
+    args = f" (depth {kwargs['depth']}, {kwargs['block']} blocks)" if kwargs else ""
+    return f"{name}{args}, norm {config.resolved_norm}"
+
+
 def _tensorboard_writer(out: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -421,78 +438,44 @@ def _tensorboard_writer(out: Path):
     return SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
-def _prepare_output(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
-    out = Path(config.checkpoint)
-    finished = (out / "metrics.json").is_file()
-    started = (out / "last.pt").is_file()
-    if overwrite:
-        for name in (*OUTPUT_FILES, "split.json"):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "tensorboard", ignore_errors=True)
-    elif (finished or started) and not resume:
-        what = "a finished run" if finished else "an unfinished run"
-        raise RunError(
-            f"{out} already holds {what}; pass --resume to continue it, --overwrite to start "
-            "again, or choose another --checkpoint folder"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Run ``config`` end to end; return the contents of ``metrics.json``."""
+    """Run ``config`` end to end; return the contents of ``metrics.json``.
+
+    Everything is checked and built (settings, output folder, data, model, checkpoint) before
+    anything is written; see :class:`~.rundir.RunFolder` for ``resume`` and ``overwrite``.
+    """
     import yaml
 
     config.validate()
-    out = _prepare_output(config, resume=resume, overwrite=overwrite)
-    trainer = Trainer.create(config)
-    last = out / "last.pt"
-    if resume and last.is_file():
-        state = load_checkpoint(last)
-        saved = TrainConfig.from_dict(state["config"], source=str(last))
-        if _run_identity(saved) != _run_identity(config):
-            raise CheckpointError(
-                f"{last} was written by a different run (its config differs in "
-                f"{_differences(saved, config)}); use another --checkpoint folder or --overwrite"
-            )
-        trainer.load_state(state, last)
-        if state.get("interrupted"):
-            print(
-                f"resuming an interrupted epoch {trainer.epoch + 1} from its beginning, "
-                "with the weights saved at the interruption",
-                flush=True,
-            )
-    atomic_write(out / "config.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(config.to_dict())))
-    split_record = getattr(trainer.datasets["train"], "split_record", None)
-    if split_record:
-        write_json(out / "split.json", split_record)
-    return trainer.fit()
-
-
-# Fields that may change between a run and its resumption.
-_RESUMABLE = {"epochs", "checkpoint", "device", "workers", "test_batch", "preset", "download"}
-
-
-def _run_identity(config: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in config.to_dict().items() if k not in _RESUMABLE}
-
-
-def _differences(a: TrainConfig, b: TrainConfig) -> str:
-    x, y = _run_identity(a), _run_identity(b)
-    return ", ".join(f"{k}: {x[k]!r} vs {y[k]!r}" for k in x if x[k] != y[k])
+    with sigterm_raises():
+        run = RunFolder.open(config, resume=resume, overwrite=overwrite)
+        if run.finished is not None:
+            print(f"{run.out} holds this run, finished; nothing to train", flush=True)
+            return run.finished
+        trainer = Trainer.create(config)
+        if run.state is not None:
+            trainer.load_state(run.state, run.out / "last.pt")
+        trainer.out, trainer.run = run.start(), run
+        run.state = None  # free the memory
+        try:
+            text = yaml.safe_dump(config.to_dict())
+            atomic_write(trainer.out / "config.yaml", lambda tmp: tmp.write_text(text))
+            split_record = getattr(trainer.datasets["train"], "split_record", None)
+            if split_record:
+                write_json(trainer.out / "split.json", split_record)
+            result = trainer.fit()
+        except BaseException:
+            run.abandon()
+            raise
+        run.commit()
+        return result
 
 
 def evaluate_checkpoint(path: str | Path, split: str = "test", **overrides: Any) -> dict[str, Any]:
     """Metrics of the checkpoint at ``path`` on ``split``; ``overrides`` change config fields
     that do not affect the model (e.g. ``data_root``, ``device``, ``test_batch``)."""
     state = load_checkpoint(path)
-    config = TrainConfig.from_dict(state["config"], source=str(path)).replace(**overrides)
-    trainer = Trainer.create(config, splits=(split,))
-    try:
-        trainer.model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise CheckpointError(
-            f"checkpoint {path} does not match the model its config describes: "
-            f"{str(error).splitlines()[0]}"
-        ) from error
+    config = TrainConfig.from_dict(state["config"], source=f"checkpoint {path}")
+    trainer = Trainer.create(config.replace(**overrides), splits=(split,))
+    load_weights(trainer.model, state["model"], Path(path), describe_model(config))
     return {"split": split, "epoch": state["epoch"], **trainer.metrics(trainer.evaluate(split))}

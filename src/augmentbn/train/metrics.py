@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ def classification_metrics(
     mean over labels of thresholded (0.5) correctness, and per-label metrics replace the confusion
     matrix. Macro AUC is ``None`` where it is undefined (a class absent from ``targets``).
     """
+    from sklearn.exceptions import UndefinedMetricWarning
     from sklearn.metrics import (
         confusion_matrix,
         precision_recall_fscore_support,
@@ -43,16 +45,20 @@ def classification_metrics(
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average=None, zero_division=0
     )
-    try:
-        if task == "multi-label":
-            auc = roc_auc_score(y_true, probs, average="macro")
-        elif num_classes == 2:
-            auc = roc_auc_score(y_true, probs[:, 1])
-        else:
-            auc = roc_auc_score(y_true, probs, multi_class="ovr", average="macro", labels=labels)
-        auc = float(auc)
-    except ValueError:  # a class missing from this split
-        auc = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # a missing class: None below
+        try:
+            if task == "multi-label":
+                auc = roc_auc_score(y_true, probs, average="macro")
+            elif num_classes == 2:
+                auc = roc_auc_score(y_true, probs[:, 1])
+            else:
+                auc = roc_auc_score(
+                    y_true, probs, multi_class="ovr", average="macro", labels=labels
+                )
+            auc = float(auc) if np.isfinite(auc) else None  # NaN: a class missing from the split
+        except ValueError:  # a class missing from this split
+            auc = None
     result: dict[str, Any] = {
         "accuracy": accuracy,
         "macro_auc": auc,
