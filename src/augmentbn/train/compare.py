@@ -6,6 +6,8 @@ Each cell of the grid is an ordinary run in ``out/runs/<norm>-bs<B>-seed<S>``; a
 stopped. ``results.csv`` holds one row per run; ``summary.md`` the mean ± std per norm and batch
 size and, for each norm, the paired difference to BatchNorm over the same seeds with a 95%
 confidence interval (Student's t); ``comparison.png`` plots accuracy against batch size.
+Segmentation grids compare the mean test Dice over volumes the same way (``test_dice``, with
+``test_hd95`` beside it in ``results.csv``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ RESULT_COLUMNS = (
     "epochs",
     "run_dir",
 )
+SEG_RESULT_COLUMNS = tuple(
+    {"test_acc": "test_dice", "test_macro_auc": "test_hd95", "val_acc": "val_dice"}.get(c, c)
+    for c in RESULT_COLUMNS
+)
+METRIC_LABELS = {"acc": ("test accuracy", "acc"), "dice": ("mean test Dice over volumes", "Dice")}
 BASELINE = "bn"
 
 
@@ -99,17 +106,33 @@ def run_grid(
             except RunError as error:
                 raise RunError(f"{label}: {error}") from error
         rows.append(_row(config, metrics))
-    write_csv(out / "results.csv", rows, RESULT_COLUMNS)
-    summary = summarize(rows)
+    metric = "dice" if metrics.get("task") == "segmentation" else "acc"
+    columns = SEG_RESULT_COLUMNS if metric == "dice" else RESULT_COLUMNS
+    write_csv(out / "results.csv", rows, columns)
+    summary = summarize(rows, metric=metric)
+    if metrics.get("synthetic"):
+        summary += f"\nData: {metrics['dataset']}, SYNTHETIC volumes, not patient data.\n"
     from .checkpoint import atomic_write
 
     atomic_write(out / "summary.md", lambda tmp: tmp.write_text(summary))
-    plot_comparison(rows, out / "comparison.png")
+    plot_comparison(rows, out / "comparison.png", metric=metric)
     return rows
 
 
 def _row(config: TrainConfig, metrics: dict[str, Any]) -> dict[str, Any]:
     test = metrics["final"]["test"]
+    if metrics.get("task") == "segmentation":
+        return {
+            "norm": config.norm,
+            "batch_size": config.train_batch,
+            "seed": config.seed,
+            "test_dice": test["dice"],
+            "test_hd95": test.get("hd95"),
+            "val_dice": metrics["final"]["val"]["dice"],
+            "best_epoch": metrics.get("best_epoch"),
+            "epochs": metrics.get("epochs"),
+            "run_dir": config.checkpoint,
+        }
     return {
         "norm": config.norm,
         "batch_size": config.train_batch,
@@ -155,9 +178,12 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
+def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95, metric: str = "acc") -> str:
     """``summary.md``: mean ± std of test accuracy (and macro AUC) per norm and batch size, and
-    the paired difference to BN over the same seeds."""
+    the paired difference to BN over the same seeds; ``metric="dice"`` (segmentation) uses the
+    mean test Dice (column ``test_dice``) instead of accuracy."""
+    key = f"test_{metric}"
+    title, short = METRIC_LABELS[metric]
     norms = list(dict.fromkeys(r["norm"] for r in rows))
     sizes = sorted({r["batch_size"] for r in rows})
     cell = {(r["norm"], r["batch_size"], r["seed"]): r for r in rows}
@@ -166,14 +192,15 @@ def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
     lines = [
         "# Comparison",
         "",
-        f"Test accuracy, mean ± std over seeds; Δ vs BN is the paired difference over the same "
+        f"{title[0].upper()}{title[1:]}, mean ± std over seeds; Δ vs BN is the paired "
+        "difference over the same "
         f"seeds with its {level} confidence interval (Student's t, n - 1 degrees of freedom).",
         "",
     ]
-    header = ["norm", "batch", "n", "test acc"]
+    header = ["norm", "batch", "n", f"test {short}"]
     if has_auc:
         header.append("macro AUC")
-    header += [f"Δ acc vs BN ({level} CI)", "verdict"]
+    header += [f"Δ {short} vs BN ({level} CI)", "verdict"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     verdicts = []
     for size in sizes:
@@ -181,7 +208,7 @@ def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
             runs = [r for (n, b, _), r in sorted(cell.items()) if n == norm and b == size]
             if not runs:
                 continue
-            acc_mean, acc_std = _mean_std([float(r["test_acc"]) for r in runs])
+            acc_mean, acc_std = _mean_std([float(r[key]) for r in runs])
             line = [norm, str(size), str(len(runs)), f"{acc_mean:.4f} ± {acc_std:.4f}"]
             if has_auc:
                 auc_mean, auc_std = _mean_std([float(r["test_macro_auc"]) for r in runs])
@@ -191,8 +218,8 @@ def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
             else:
                 seeds = [r["seed"] for r in runs if (BASELINE, size, r["seed"]) in cell]
                 diff = paired_difference(
-                    [float(cell[(norm, size, s)]["test_acc"]) for s in seeds],
-                    [float(cell[(BASELINE, size, s)]["test_acc"]) for s in seeds],
+                    [float(cell[(norm, size, s)][key]) for s in seeds],
+                    [float(cell[(BASELINE, size, s)][key]) for s in seeds],
                     confidence,
                 )
                 if diff["low"] is None:
@@ -218,8 +245,9 @@ def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
     return "\n".join(lines)
 
 
-def plot_comparison(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Test accuracy against batch size, one line per norm, error bars ± std."""
+def plot_comparison(rows: Sequence[dict[str, Any]], path: Path, metric: str = "acc") -> None:
+    """Test accuracy (``metric="dice"``: mean test Dice) against batch size, one line per norm,
+    error bars ± std."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -232,7 +260,11 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: Path) -> None:
         sizes = sorted({r["batch_size"] for r in rows if r["norm"] == norm})
         stats = [
             _mean_std(
-                [float(r["test_acc"]) for r in rows if r["norm"] == norm and r["batch_size"] == s]
+                [
+                    float(r[f"test_{metric}"])
+                    for r in rows
+                    if r["norm"] == norm and r["batch_size"] == s
+                ]
             )
             for s in sizes
         ]
@@ -248,9 +280,8 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: Path) -> None:
     sizes = sorted({r["batch_size"] for r in rows})
     ax.set_xticks(sizes, labels=[str(s) for s in sizes])
     ax.minorticks_off()
-    ax.set(
-        xlabel="batch size", ylabel="test accuracy", title="test accuracy (mean ± std over seeds)"
-    )
+    label = METRIC_LABELS[metric][0]
+    ax.set(xlabel="batch size", ylabel=label, title=f"{label} (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

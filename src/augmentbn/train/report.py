@@ -12,9 +12,18 @@ from typing import Any
 
 from .checkpoint import atomic_write
 
-__all__ = ["LOG_COLUMNS", "write_csv", "write_curves", "write_json", "write_log"]
+__all__ = ["LOG_COLUMNS", "log_columns", "write_csv", "write_curves", "write_json", "write_log"]
 
-LOG_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "time")
+SCORE_LABELS = {"acc": "accuracy", "dice": "Dice"}
+
+
+def log_columns(score: str = "acc") -> tuple[str, ...]:
+    """``log.csv``'s columns for a task scored by ``score`` (``"acc"``, or ``"dice"`` for
+    segmentation)."""
+    return ("epoch", "lr", "train_loss", f"train_{score}", "val_loss", f"val_{score}", "time")
+
+
+LOG_COLUMNS = log_columns("acc")
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -30,12 +39,12 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]
     atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue()))
 
 
-def write_log(path: Path, history: Sequence[dict[str, Any]]) -> None:
-    write_csv(path, history, LOG_COLUMNS)
+def write_log(path: Path, history: Sequence[dict[str, Any]], score: str = "acc") -> None:
+    write_csv(path, history, log_columns(score))
 
 
-def write_curves(path: Path, history: Sequence[dict[str, Any]]) -> None:
-    """Loss and accuracy per epoch, train and val."""
+def write_curves(path: Path, history: Sequence[dict[str, Any]], score: str = "acc") -> None:
+    """Loss and the score (accuracy, or Dice for segmentation) per epoch, train and val."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,9 +54,10 @@ def write_curves(path: Path, history: Sequence[dict[str, Any]]) -> None:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
     for split in ("train", "val"):
         ax_loss.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
-        ax_acc.plot(epochs, [row[f"{split}_acc"] for row in history], marker="o", label=split)
+        ax_acc.plot(epochs, [row[f"{split}_{score}"] for row in history], marker="o", label=split)
+    label = SCORE_LABELS.get(score, score)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    ax_acc.set(xlabel="epoch", ylabel=label, title=label)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
