@@ -181,6 +181,26 @@ def test_training_score_is_the_mean_slice_dice():
     assert score == pytest.approx(8 / 12 + 1 + 0)
 
 
+def test_slice_batches_repeat_from_the_generator_with_or_without_workers():
+    from augmentbn.data import build_dataset
+    from augmentbn.data.slice_loader import SliceLoader
+
+    dataset = build_dataset("seg_demo", split="val", image_size=16).prepare(num_workers=1)
+
+    def epoch(workers):
+        loader = SliceLoader(
+            dataset, 3, generator=torch.Generator().manual_seed(5), num_workers=workers
+        )
+        return list(loader), len(loader)
+
+    batches, length = epoch(0)
+    # 4 volumes x 4 slices = 16 = 5 x 3 + 1: a last batch of one slice is dropped (BatchNorm)
+    assert length == len(batches) == 5
+    assert all(images.shape == (3, 1, 16, 16) for images, _ in batches)
+    for (images, labels), (again_images, again_labels) in zip(batches, epoch(2)[0], strict=True):
+        assert torch.equal(images, again_images) and torch.equal(labels, again_labels)
+
+
 # -- resume, compare ---------------------------------------------------------------------------
 
 
