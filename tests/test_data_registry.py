@@ -13,7 +13,23 @@ def test_list_holds_every_medmnist_2d_flag_and_is_sorted():
     flags = {flag for flag in INFO if not flag.endswith("3d")}
     names = list_datasets()
     assert names == sorted(names)
-    assert set(names) == flags | {"digits", "cifar10", "cifar100", "imagefolder"}
+    decathlon = {
+        f"msd_{task}"
+        for task in (
+            "braintumour",
+            "heart",
+            "liver",
+            "hippocampus",
+            "prostate",
+            "lung",
+            "pancreas",
+            "hepaticvessel",
+            "spleen",
+            "colon",
+        )
+    }
+    others = {"digits", "cifar10", "cifar100", "imagefolder", "seg_demo"}
+    assert set(names) == flags | others | decathlon
 
 
 def test_unknown_name_lists_the_valid_names():

@@ -86,11 +86,29 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
             default=S,
             help=f"{method.name}: {param.help}",
         )
+    model.add_argument(
+        "--base-width",
+        dest="base_width",
+        type=int,
+        default=S,
+        help="the U-Net's first width (default 64), segmentation only",
+    )
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default=S, help="digits (default, offline), cifar10, ...")
+    data.add_argument(
+        "--dataset",
+        default=S,
+        help="digits (default, offline), cifar10, ...; segmentation: seg_demo (synthetic, "
+        "offline), msd_liver, msd_<task>",
+    )
     data.add_argument("--data-root", dest="data_root", default=S)
     data.add_argument("--download", action="store_true", default=S)
-    data.add_argument("--image-size", dest="image_size", type=int, default=S)
+    data.add_argument(
+        "--image-size",
+        dest="image_size",
+        type=int,
+        default=S,
+        help="image side in px; segmentation: the slice window (256 for msd_*)",
+    )
     data.add_argument("-j", "--workers", type=int, default=S)
     optim = parser.add_argument_group("optimization")
     optim.add_argument("--epochs", type=int, default=S)
@@ -263,6 +281,7 @@ def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .train import evaluate_checkpoint, train
+    from .train.metrics import primary_metric
 
     config, _ = config_from_args(args)
     if args.resume:  # the reference passes the checkpoint file itself
@@ -276,10 +295,12 @@ def _train(args: argparse.Namespace) -> int:
         _print_metrics(evaluate_checkpoint(path, "test", data_root=config.data_root))
         return 0
     metrics = train(config, resume=args.resume is not None, overwrite=args.overwrite)
-    best = metrics["best"]["test"]["accuracy"]
-    final = metrics["final"]["test"]["accuracy"]
+    key, name = primary_metric(metrics["task"])
+    best = metrics["best"]["test"][key]
+    final = metrics["final"]["test"][key]
+    data = " (synthetic data)" if metrics.get("synthetic") else ""
     print(
-        f"test accuracy: final {final:.4f}, at the best val epoch "
+        f"test {name}{data}: final {final:.4f}, at the best val epoch "
         f"({metrics['best_epoch']}) {best:.4f}; outputs in {config.checkpoint}"
     )
     return 0
@@ -304,11 +325,13 @@ def _resume_folder(path, evaluate: bool):
 
 def _eval(args: argparse.Namespace) -> int:
     from .train import evaluate_checkpoint
+    from .train.metrics import primary_metric
 
     overrides = {k: v for k, v in (("data_root", args.data_root), ("device", args.device)) if v}
     metrics = evaluate_checkpoint(args.checkpoint, args.split, **overrides)
     _print_metrics(metrics)
-    print(f"{args.split} accuracy: {metrics['accuracy']:.4f}")
+    key, name = primary_metric("segmentation" if "dice" in metrics else "classification")
+    print(f"{args.split} {name}: {metrics[key]:.4f}")
     return 0
 
 
@@ -380,6 +403,7 @@ def _cam(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .cam import CamError
+    from .data._optional import MissingDependencyError
     from .data.errors import (
         CorruptFileError,
         DatasetLayoutError,
@@ -399,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         DownloadError,
         CorruptFileError,
         DatasetLayoutError,
+        MissingDependencyError,
     )
 
     args = build_parser().parse_args(argv)

@@ -4,6 +4,9 @@
 (``list_datasets()``): ``digits`` (offline default), ``cifar10``/``cifar100``, the MedMNIST 2D
 flags, and ``imagefolder`` (Kermany OCT / chest X-ray layout). Each dataset yields normalized
 ``C×H×W`` float images and describes itself in ``ds.info`` (:class:`DatasetInfo`).
+Segmentation data sets (``msd_liver`` and the other Decathlon tasks, the synthetic
+``seg_demo``) are volumes (:mod:`.volumes`, ``augmentbn[seg]``), trained on slices by
+:class:`~.slice_loader.SliceLoader`.
 
 ``build_loader(ds, batch_size, train=...)`` gives batches on the device: from the batch-tensor
 fast path (whole dataset as one tensor, augmented by the batch) where it applies, else from a
@@ -11,7 +14,14 @@ torch ``DataLoader`` with torchvision's per-sample transforms; all randomness co
 ``torch.Generator``.
 """
 
-from . import cifar, digits, imagefolder, medmnist2d  # noqa: F401  (they register themselves)
+from . import (  # noqa: F401  (they register themselves)
+    cifar,
+    decathlon,
+    digits,
+    imagefolder,
+    medmnist2d,
+    synthetic_seg,
+)
 from .base import ImageDataset, TensorImageDataset
 from .batch import CropFlipParams, crop_flip, flip_variants, sample_crop_flip
 from .errors import CorruptFileError, DatasetLayoutError, DatasetNotFoundError, DownloadError

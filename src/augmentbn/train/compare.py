@@ -9,6 +9,8 @@ run; ``summary.md`` the mean ± std per norm and batch size and, for each norm, 
 difference to BatchNorm over the same seeds with a 95% confidence interval (Student's t) and a
 verdict corrected for the number of comparisons in the grid (Holm–Bonferroni, :mod:`.stats`);
 ``comparison.png`` plots the paired differences with their intervals and the raw accuracies.
+Segmentation grids compare the mean test Dice over volumes the same way (``test_dice``, with
+``test_hd95`` beside it in ``results.csv``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ RESULT_COLUMNS = (
     "run_dir",
     "dataset",
 )
+SEG_RESULT_COLUMNS = tuple(
+    {"test_acc": "test_dice", "test_macro_auc": "test_hd95", "val_acc": "val_dice"}.get(c, c)
+    for c in RESULT_COLUMNS
+)
+METRIC_LABELS = {"acc": ("test accuracy", "acc"), "dice": ("mean test Dice over volumes", "Dice")}
 BASELINE = "bn"
 
 
@@ -120,17 +127,34 @@ def run_grid(
             except RunError as error:
                 raise RunError(f"{label}: {error}") from error
         rows.append(_row(config, metrics))
-    write_csv(out / "results.csv", rows, RESULT_COLUMNS)
-    summary = summarize(rows)
+    metric = "dice" if metrics.get("task") == "segmentation" else "acc"
+    columns = SEG_RESULT_COLUMNS if metric == "dice" else RESULT_COLUMNS
+    write_csv(out / "results.csv", rows, columns)
+    summary = summarize(rows, metric=metric)
+    if metrics.get("synthetic"):
+        summary += f"\nData: {metrics['dataset']}, SYNTHETIC volumes, not patient data.\n"
     from .checkpoint import atomic_write
 
     atomic_write(out / "summary.md", lambda tmp: tmp.write_text(summary))
-    plot_comparison(rows, out / "comparison.png")
+    plot_comparison(rows, out / "comparison.png", metric=metric)
     return rows
 
 
 def _row(config: TrainConfig, metrics: dict[str, Any]) -> dict[str, Any]:
     test = metrics["final"]["test"]
+    if metrics.get("task") == "segmentation":
+        return {
+            "norm": config.norm,
+            "batch_size": config.train_batch,
+            "seed": config.seed,
+            "test_dice": test["dice"],
+            "test_hd95": test.get("hd95"),
+            "val_dice": metrics["final"]["val"]["dice"],
+            "best_epoch": metrics.get("best_epoch"),
+            "epochs": metrics.get("epochs"),
+            "run_dir": config.checkpoint,
+            "dataset": metrics.get("dataset", config.dataset),
+        }
     return {
         "norm": config.norm,
         "batch_size": config.train_batch,
@@ -153,9 +177,10 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def cell_statistics(
-    rows: Sequence[dict[str, Any]], confidence: float = 0.95
+    rows: Sequence[dict[str, Any]], confidence: float = 0.95, metric: str = "acc"
 ) -> list[dict[str, Any]]:
-    """One entry per norm and batch size: n, mean ± std of test accuracy (and macro AUC), and
+    """One entry per norm and batch size: n, mean ± std of the test metric (``"acc"``; ``"dice"``
+    for segmentation: the mean test Dice over volumes) under ``"score"`` (and macro AUC), and
     for each norm but BN the paired difference to BN over the same seeds (:func:`paired_difference`)
     with its Holm–Bonferroni-adjusted p-value over every such comparison in ``rows``
     (:func:`holm_bonferroni`) and the verdict that follows."""
@@ -163,6 +188,7 @@ def cell_statistics(
     sizes = sorted({int(r["batch_size"]) for r in rows})
     cell = {(r["norm"], int(r["batch_size"]), r["seed"]): r for r in rows}
     has_auc = all(r.get("test_macro_auc") not in (None, "") for r in rows)
+    key = f"test_{metric}"
     cells = []
     for size in sizes:
         for norm in norms:
@@ -170,14 +196,14 @@ def cell_statistics(
             if not runs:
                 continue
             entry: dict[str, Any] = {"norm": norm, "batch_size": size, "n": len(runs)}
-            entry["acc"] = _mean_std([float(r["test_acc"]) for r in runs])
+            entry["score"] = _mean_std([float(r[key]) for r in runs])
             if has_auc:
                 entry["auc"] = _mean_std([float(r["test_macro_auc"]) for r in runs])
             if norm != BASELINE and BASELINE in norms:
                 seeds = [r["seed"] for r in runs if (BASELINE, size, r["seed"]) in cell]
                 entry["diff"] = paired_difference(
-                    [float(cell[(norm, size, s)]["test_acc"]) for s in seeds],
-                    [float(cell[(BASELINE, size, s)]["test_acc"]) for s in seeds],
+                    [float(cell[(norm, size, s)][key]) for s in seeds],
+                    [float(cell[(BASELINE, size, s)][key]) for s in seeds],
                     confidence,
                 )
             cells.append(entry)
@@ -229,11 +255,13 @@ def _multiplicity(m: int, level: str, alpha: str, alpha_value: float) -> str:
     )
 
 
-def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
-    """``summary.md``: mean ± std of test accuracy (and macro AUC) per norm and batch size, the
-    paired difference to BN over the same seeds with its uncorrected interval, and verdicts
-    corrected for the number of comparisons (Holm–Bonferroni)."""
-    cells = cell_statistics(rows, confidence)
+def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95, metric: str = "acc") -> str:
+    """``summary.md``: mean ± std of test accuracy (``metric="dice"``: the mean test Dice over
+    volumes) and macro AUC per norm and batch size, the paired difference to BN over the same
+    seeds with its uncorrected interval, and verdicts corrected for the number of comparisons
+    (Holm–Bonferroni)."""
+    cells = cell_statistics(rows, confidence, metric)
+    title, short = METRIC_LABELS[metric]
     has_auc = any("auc" in c for c in cells)
     level = f"{confidence:.0%}"
     alpha = f"{1 - confidence:.2g}"
@@ -242,20 +270,21 @@ def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
     lines = [
         "# Comparison",
         "",
-        "Test accuracy, mean ± std over seeds. Δ vs BN is the paired difference over the same "
+        f"{title[0].upper()}{title[1:]}, mean ± std over seeds. Δ vs BN is the paired "
+        "difference over the same "
         f"seeds with its {level} confidence interval (Student's t, n - 1 degrees of freedom), "
         "uncorrected; p is the paired t-test's two-sided p-value.",
         "",
         _multiplicity(m, level, alpha, 1 - confidence),
         "",
     ]
-    header = ["norm", "batch", "n", "test acc"]
+    header = ["norm", "batch", "n", f"test {short}"]
     if has_auc:
         header.append("macro AUC")
-    header += [f"Δ acc vs BN ({level} CI)", "p", "Holm p", "verdict"]
+    header += [f"Δ {short} vs BN ({level} CI)", "p", "Holm p", "verdict"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in cells:
-        line = [c["norm"], str(c["batch_size"]), str(c["n"]), "{:.4f} ± {:.4f}".format(*c["acc"])]
+        line = [c["norm"], str(c["batch_size"]), str(c["n"]), "{:.4f} ± {:.4f}".format(*c["score"])]
         if has_auc:
             line.append("{:.4f} ± {:.4f}".format(*c["auc"]) if "auc" in c else "—")
         diff = c.get("diff")
@@ -312,11 +341,13 @@ def _plot_title(rows: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any]])
     return "; ".join(parts)
 
 
-def plot_comparison(rows: Sequence[dict[str, Any]], path: Path, confidence: float = 0.95) -> None:
+def plot_comparison(
+    rows: Sequence[dict[str, Any]], path: Path, confidence: float = 0.95, metric: str = "acc"
+) -> None:
     """Two panels against batch size, norms offset along x: the paired difference to BN with
     its uncorrected interval (filled marker: significant after Holm–Bonferroni), and the raw
-    test accuracy, mean ± std with each seed as a dot. The title gives the data set, n and
-    the epochs."""
+    test accuracy (``metric="dice"``: mean test Dice), mean ± std with each seed as a dot. The
+    title gives the data set, n and the epochs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -324,7 +355,8 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: Path, confidence: floa
 
     from .checkpoint import atomic_write
 
-    cells = cell_statistics(rows, confidence)
+    cells = cell_statistics(rows, confidence, metric)
+    label_text = METRIC_LABELS[metric][0]
     norms = list(dict.fromkeys(c["norm"] for c in cells))
     sizes = sorted({c["batch_size"] for c in cells})
     width = 0.7 / max(len(norms), 1)
@@ -335,13 +367,12 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: Path, confidence: floa
         norm, x = c["norm"], sizes.index(c["batch_size"]) + offset[c["norm"]]
         label = norm if c["batch_size"] == sizes[0] else None
         accs = [
-            float(r["test_acc"])
+            float(r[f"test_{metric}"])
             for r in rows
             if r["norm"] == norm and int(r["batch_size"]) == c["batch_size"]
         ]
-        ax_acc.errorbar(
-            x, c["acc"][0], yerr=c["acc"][1], fmt="o", capsize=4, color=colors[norm], label=label
-        )
+        mean, std = c["score"]
+        ax_acc.errorbar(x, mean, yerr=std, fmt="o", capsize=4, color=colors[norm], label=label)
         ax_acc.plot([x] * len(accs), accs, ".", alpha=0.4, color=colors[norm])
         diff = c.get("diff")
         if diff is None:
@@ -363,10 +394,10 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: Path, confidence: floa
     ax_diff.axhline(0, color="0.3", linewidth=1)
     level = f"{confidence:.0%}"
     ax_diff.set(
-        ylabel="test accuracy − BN (paired)",
+        ylabel=f"{label_text} − BN (paired)",
         title=f"difference to BN, {level} CI (uncorrected)\nfilled marker: significant after Holm",
     )
-    ax_acc.set(ylabel="test accuracy", title="test accuracy (mean ± std; dots: seeds)")
+    ax_acc.set(ylabel=label_text, title=f"{label_text} (mean ± std; dots: seeds)")
     for ax in (ax_diff, ax_acc):
         ax.set_xticks(range(len(sizes)), labels=[str(s) for s in sizes])
         ax.set_xlim(-0.5, len(sizes) - 0.5)

@@ -55,6 +55,7 @@ class TrainConfig:
     noise: str = "gaussian_clip"
     noise_std: float = 1.0
     running_stats: str = "perturbed"
+    base_width: int | None = None  # the U-Net's first width (None: the model's 64)
     # data
     dataset: str = "digits"
     data_root: str | None = None
@@ -102,6 +103,10 @@ class TrainConfig:
                 "one sample and 1x1 feature maps the variance is 0 and training breaks). Use a "
                 "batch size of 2 or more, or a batch-independent norm ('gn' or 'in')."
             )
+        if self.base_width is not None and (
+            not isinstance(self.base_width, int) or self.base_width < 1
+        ):
+            raise ConfigError(f"base_width must be a positive integer, got {self.base_width!r}")
         if sorted(self.schedule) != list(self.schedule):
             raise ConfigError(f"schedule must be increasing epochs, got {self.schedule}")
         return self

@@ -6,7 +6,8 @@ and TensorBoard events when ``tensorboard`` is installed. ``resume=True`` contin
 checkpoint holds the model, optimizer, scheduler, epoch, history and every RNG state (Python,
 NumPy, torch, the data order and the NABN noise) at the end of an epoch. An interruption (Ctrl-C,
 SIGTERM, ``kill -9``) writes nothing: ``last.pt`` keeps the last finished epoch, and the resumed
-run repeats the interrupted epoch from there, as the uninterrupted run did.
+run repeats the interrupted epoch from there, as the uninterrupted run did. Segmentation data
+sets are trained by a subclass of :class:`Trainer` (:mod:`.tasks`, :mod:`.segmentation`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ def model_spec(config: TrainConfig) -> tuple[str, dict[str, Any]]:
     arch = config.resolved_arch
     if arch in ("resnet", "resnet_cifar"):
         return "resnet_cifar", {"depth": config.depth, "block": config.block_name}
-    return arch, {}
+    return arch, ({"base_width": config.base_width} if config.base_width is not None else {})
 
 
 def build_model(config: TrainConfig, info) -> nn.Module:
@@ -97,7 +98,7 @@ def build_model(config: TrainConfig, info) -> nn.Module:
 @dataclass
 class EpochResult:
     loss: float
-    accuracy: float
+    accuracy: float  # the task's score: accuracy, or mean Dice for segmentation
     logits: torch.Tensor | None = None
     targets: torch.Tensor | None = None
 
@@ -105,6 +106,8 @@ class EpochResult:
 @dataclass
 class Trainer:
     """Holds a run's objects; :meth:`fit` trains, :meth:`evaluate` evaluates a split."""
+
+    score_name: ClassVar[str] = "acc"  # log.csv's train_<score>/val_<score>; picks best.pt
 
     config: TrainConfig
     out: Path
@@ -150,11 +153,9 @@ class Trainer:
                 raise
             raise ConfigError(f"dataset {config.dataset!r}: {error}") from error
         info = next(iter(datasets.values())).info
-        if info.task == "segmentation":
-            raise ConfigError(
-                f"dataset {config.dataset!r} is a segmentation task; the training engine runs "
-                "classification and multi-label tasks"
-            )
+        from .tasks import trainer_class
+
+        cls = trainer_class(cls, config, info)  # checks the options against the task
         model = build_model(config, info).to(device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -341,12 +342,12 @@ class Trainer:
     # -- the run --------------------------------------------------------------------------------
 
     def _write_outputs(self) -> None:
-        write_log(self.out / "log.csv", self.history)
-        write_curves(self.out / "curves.png", self.history, title=run_title(self.config))
+        write_log(self.out / "log.csv", self.history, self.score_name)
+        write_curves(self.out / "curves.png", self.history, run_title(self.config), self.score_name)
 
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs, evaluate, write every output; return ``metrics.json``."""
-        config, out = self.config, self.out
+        config, out, score = self.config, self.out, self.score_name
         tensorboard = _tensorboard_writer(out)
         try:
             while self.epoch < config.epochs:
@@ -361,18 +362,18 @@ class Trainer:
                     "epoch": self.epoch,
                     "lr": lr,
                     "train_loss": train.loss,
-                    "train_acc": train.accuracy,
+                    f"train_{score}": train.accuracy,
                     "val_loss": val.loss,
-                    "val_acc": val.accuracy,
+                    f"val_{score}": val.accuracy,
                     "time": time.perf_counter() - epoch_start,
                 }
                 self.history.append(row)
                 if tensorboard is not None:
-                    for key in ("lr", "train_loss", "train_acc", "val_loss", "val_acc"):
+                    for key in ("lr", "train_loss", f"train_{score}", "val_loss", f"val_{score}"):
                         tensorboard.add_scalar(key, row[key], self.epoch)
-                improved = not self.best or val.accuracy > self.best["val_acc"]
+                improved = not self.best or val.accuracy > self.best[f"val_{score}"]
                 if improved:
-                    self.best = {"epoch": self.epoch, "val_acc": val.accuracy}
+                    self.best = {"epoch": self.epoch, f"val_{score}": val.accuracy}
                 state = self.state()
                 if improved:
                     save_checkpoint(out / "best.pt", state)
@@ -385,8 +386,8 @@ class Trainer:
                 self._write_outputs()
                 print(
                     f"epoch {self.epoch}/{config.epochs}  lr {lr:.4g}  "
-                    f"train loss {train.loss:.4f} acc {train.accuracy:.4f}  "
-                    f"val loss {val.loss:.4f} acc {val.accuracy:.4f}  ({row['time']:.1f}s)",
+                    f"train loss {train.loss:.4f} {score} {train.accuracy:.4f}  "
+                    f"val loss {val.loss:.4f} {score} {val.accuracy:.4f}  ({row['time']:.1f}s)",
                     flush=True,
                 )
         finally:

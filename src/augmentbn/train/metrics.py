@@ -8,7 +8,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["classification_metrics"]
+__all__ = ["classification_metrics", "primary_metric"]
+
+
+def primary_metric(task: str) -> tuple[str, str]:
+    """``(key in metrics.json, name)`` of a task's headline metric: ``("accuracy",
+    "accuracy")``, or ``("dice", "Dice")`` (mean foreground Dice over volumes) for
+    segmentation."""
+    return ("dice", "Dice") if task == "segmentation" else ("accuracy", "accuracy")
 
 
 def classification_metrics(

@@ -16,6 +16,7 @@ from .checkpoint import atomic_write
 __all__ = [
     "LOG_COLUMNS",
     "curves_figure",
+    "log_columns",
     "run_title",
     "write_csv",
     "write_curves",
@@ -23,7 +24,16 @@ __all__ = [
     "write_log",
 ]
 
-LOG_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "time")
+SCORE_LABELS = {"acc": "accuracy", "dice": "Dice"}
+
+
+def log_columns(score: str = "acc") -> tuple[str, ...]:
+    """``log.csv``'s columns for a task scored by ``score`` (``"acc"``, or ``"dice"`` for
+    segmentation)."""
+    return ("epoch", "lr", "train_loss", f"train_{score}", "val_loss", f"val_{score}", "time")
+
+
+LOG_COLUMNS = log_columns("acc")
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -50,8 +60,8 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]
     atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue()))
 
 
-def write_log(path: Path, history: Sequence[dict[str, Any]]) -> None:
-    write_csv(path, history, LOG_COLUMNS)
+def write_log(path: Path, history: Sequence[dict[str, Any]], score: str = "acc") -> None:
+    write_csv(path, history, log_columns(score))
 
 
 def run_title(config: Any) -> str:
@@ -65,18 +75,22 @@ def run_title(config: Any) -> str:
     )
 
 
-def write_curves(path: Path, history: Sequence[dict[str, Any]], title: str | None = None) -> None:
+def write_curves(
+    path: Path, history: Sequence[dict[str, Any]], title: str | None = None, score: str = "acc"
+) -> None:
     """``curves.png``: :func:`curves_figure`, written atomically."""
-    fig = curves_figure(history, title)  # selects the Agg backend before pyplot is imported
+    fig = curves_figure(history, title, score)  # selects the Agg backend before pyplot
     import matplotlib.pyplot as plt
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
 
-def curves_figure(history: Sequence[dict[str, Any]], title: str | None = None) -> Any:
-    """Loss and accuracy per epoch, train and val, on integer epoch ticks; ``title`` (e.g.
-    :func:`run_title`) above both."""
+def curves_figure(
+    history: Sequence[dict[str, Any]], title: str | None = None, score: str = "acc"
+) -> Any:
+    """Loss and the score (accuracy, or Dice for segmentation) per epoch, train and val, on
+    integer epoch ticks; ``title`` (e.g. :func:`run_title`) above both."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,9 +101,10 @@ def curves_figure(history: Sequence[dict[str, Any]], title: str | None = None) -
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
     for split in ("train", "val"):
         ax_loss.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
-        ax_acc.plot(epochs, [row[f"{split}_acc"] for row in history], marker="o", label=split)
+        ax_acc.plot(epochs, [row[f"{split}_{score}"] for row in history], marker="o", label=split)
+    label = SCORE_LABELS.get(score, score)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    ax_acc.set(xlabel="epoch", ylabel=label, title=label)
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
