@@ -42,6 +42,7 @@ RUN_ENTRIES = (
     "best.pt",
     "split.json",
     "tensorboard",
+    "test_slices.png",
 )
 """What a run writes into its folder; ``overwrite`` replaces a folder holding nothing else."""
 
