@@ -43,11 +43,23 @@ class BatchNormBase(_NormBase):
         self._check_input_dim(input)
         use_batch_stats = self.training or not self.track_running_stats
         check_input(input, self.num_features, use_batch_stats, type(self).__name__)
+        return self._momentum()
+
+    def _momentum(self, fx_input: Tensor | None = None) -> float | Tensor:
+        """Count the batch (in training, with running statistics) and return the momentum.
+
+        Under ``torch.fx`` (``fx_input``: the traced input), the count adds a tensor made from the
+        input with ``aten.add_``, which fx records (a buffer's own method would run once, while it
+        traces) and keeps (fx's dead-code elimination drops unused in-place methods)."""
         momentum: float | Tensor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
+            if fx_input is None:
+                count = self.num_batches_tracked.add_(1)
+            else:
+                one = fx_input.new_ones((), dtype=self.num_batches_tracked.dtype)
+                count = torch.ops.aten.add_.Tensor(self.num_batches_tracked, one)
             if self.momentum is None:
-                momentum = 1.0 / self.num_batches_tracked.to(torch.float32)
+                momentum = 1.0 / count.to(torch.float32)
         return momentum
 
     def _running_stats(self) -> tuple[Tensor | None, Tensor | None]:
@@ -56,3 +68,21 @@ class BatchNormBase(_NormBase):
         if self.training and not self.track_running_stats:
             return None, None
         return self.running_mean, self.running_var
+
+    def _prepare_recorded(self, input: Tensor, recorder: str) -> float | Tensor:
+        """:meth:`_prepare` for a call that ``recorder`` records (see
+        :func:`._portable.recorder`). ``torch.fx`` proxies have no concrete rank or shape, so
+        under it the input is not checked; the operators that follow check what they can."""
+        if recorder == "torch.fx":
+            return self._momentum(fx_input=input)
+        return self._prepare(input)
+
+    def _script_eval_only(self) -> None:
+        """TorchScript compiles the evaluation formulas only (training draws noise and runs
+        autograd Functions, which it cannot compile)."""
+        if self.training:
+            raise RuntimeError(
+                "augmentbn layers run under TorchScript in evaluation mode only: call .eval() "
+                "on the scripted module. To record training, use torch.jit.trace, torch.fx or "
+                "torch.export."
+            )

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional import ie_batch_norm
+from . import _portable
 from ._base import BatchNormBase
 
 __all__ = ["BAN2d", "IEBatchNorm1d", "IEBatchNorm2d", "IEBatchNorm3d"]
@@ -49,9 +50,32 @@ class _IEBatchNorm(BatchNormBase):
             nn.init.constant_(self.bias_readjust, -1.0)
 
     def forward(self, input: Tensor) -> Tensor:
-        momentum = self._prepare(input)
+        return self._normalize(input)
+
+    def _normalize(self, input: Tensor) -> Tensor:
+        """Eager calls run :func:`augmentbn.functional.ie_batch_norm`; tracers, exporters and
+        TorchScript get plain operators (:mod:`._portable`)."""
+        if torch.jit.is_scripting():  # TorchScript compiles this branch only
+            self._script_eval_only()
+            return _portable.ie_batch_norm_eval(
+                input,
+                self.running_mean,
+                self.running_var,
+                self.weight,
+                self.bias,
+                self.weight_readjust,
+                self.bias_readjust,
+                self.eps,
+            )
+        recorder = _portable.recorder(input)
+        if recorder is not None:
+            momentum = self._prepare_recorded(input, recorder)
+            function = _portable.ie_batch_norm
+        else:
+            momentum = self._prepare(input)
+            function = ie_batch_norm
         running_mean, running_var = self._running_stats()
-        return ie_batch_norm(
+        return function(
             input,
             running_mean,
             running_var,
