@@ -6,18 +6,21 @@
 - IEBN replaces every BN except the shortcut's.
 
 It knows a network by its residual blocks and stems, registered with :func:`register_block`
-and :func:`register_stem` (torchvision's ResNet is registered here, by name, so torchvision is
-not imported).
+and :func:`register_stem` (torchvision's and timm's ResNets are registered here, by name, so
+neither library is imported).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from .layers._base import BatchNormBase
 from .layers.augment import AugmentBatchNorm1d, AugmentBatchNorm2d, AugmentBatchNorm3d
 from .layers.instance_enhance import IEBatchNorm1d, IEBatchNorm2d, IEBatchNorm3d
 
@@ -32,6 +35,19 @@ _TARGETS: dict[str, tuple[type[nn.Module], ...]] = {
 }
 # Every convertible class, by the number of spatial dimensions it normalizes (1d counts as 1).
 _SPATIAL_DIMS = {cls: dims + 1 for classes in _TARGETS.values() for dims, cls in enumerate(classes)}
+
+# Other libraries' BatchNorm subclasses that convert_norm knows, by qualified name (so that those
+# libraries are not imported here): their spatial dims and their family, whose targets
+# _target() gives. A converted layer's children (timm's `drop` and `act`) move to the new one.
+_KNOWN_SUBCLASSES: dict[str, tuple[int, str]] = {
+    # Its dimensionality is not recorded: taken as 2d, as in image models. The converted layer
+    # is not synchronized across processes.
+    "torch.nn.modules.batchnorm.SyncBatchNorm": (2, "plain"),
+    # timm's BatchNorm + drop + activation, and augmentbn's versions of it.
+    "timm.layers.norm_act.BatchNormAct2d": (2, "timm"),
+    "augmentbn.integrations.timm.AugmentBatchNormAct2d": (2, "timm"),
+    "augmentbn.integrations.timm.IEBatchNormAct2d": (2, "timm"),
+}
 _SHARED_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _GATE_STATE = ("weight_readjust", "bias_readjust")
 
@@ -74,6 +90,28 @@ def register_stem(model_type: type[nn.Module] | str, names: Sequence[str]) -> No
 register_block("torchvision.models.resnet.BasicBlock", last=["bn2"], shortcut=["downsample.1"])
 register_block("torchvision.models.resnet.Bottleneck", last=["bn3"], shortcut=["downsample.1"])
 register_stem("torchvision.models.resnet.ResNet", ["bn1"])
+# timm's shortcut is (conv, norm), or (pool, conv, norm) with avg_down.
+_TIMM_SHORTCUT = ["downsample.1", "downsample.2"]
+register_block("timm.models.resnet.BasicBlock", last=["bn2"], shortcut=_TIMM_SHORTCUT)
+register_block("timm.models.resnet.Bottleneck", last=["bn3"], shortcut=_TIMM_SHORTCUT)
+register_stem("timm.models.resnet.ResNet", ["bn1"])
+
+
+def _kind(layer: nn.Module) -> tuple[int, str] | None:
+    """``(spatial dims, family)`` of a layer convert_norm knows, else ``None`` (exact types:
+    a subclass may behave differently)."""
+    dims = _SPATIAL_DIMS.get(type(layer))
+    if dims is not None:
+        return dims, "plain"
+    return _KNOWN_SUBCLASSES.get(_key(type(layer)))
+
+
+def _target(to: str, dims: int, family: str) -> type[nn.Module]:
+    if family == "timm":
+        from .integrations.timm import norm_act_targets
+
+        return norm_act_targets()[to]
+    return _TARGETS[to][dims - 1]
 
 
 def _lookup(registry: dict, module: nn.Module):
@@ -89,13 +127,17 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _existing(module: nn.Module, prefix: str, paths: Iterable[str]) -> list[str]:
+    """The qualified names of the ``paths`` that are norm layers convert_norm knows (a path may
+    name another module in some instances: timm's shortcut is (conv, norm) or
+    (pool, conv, norm))."""
     found = []
     for path in paths:
         try:
-            module.get_submodule(path)
+            layer = module.get_submodule(path)
         except AttributeError:
             continue
-        found.append(_join(prefix, path))
+        if _kind(layer) is not None:
+            found.append(_join(prefix, path))
     return found
 
 
@@ -121,7 +163,7 @@ def paper_placement(module: nn.Module, to: str) -> set[str]:
         )
     if to == "nabn":
         return set(stems) | set(lasts) | set(shortcuts)
-    every = {name for name, m in module.named_modules() if type(m) in _SPATIAL_DIMS}
+    every = {name for name, m in module.named_modules() if _kind(m) is not None}
     return every - set(shortcuts)
 
 
@@ -147,6 +189,8 @@ def _convert_layer(layer: nn.Module, target: type[nn.Module], layer_kwargs: dict
                 fresh.copy_(old)
                 if isinstance(fresh, nn.Parameter):
                     fresh.requires_grad_(old.requires_grad)
+    for name, child in layer.named_children():  # timm's drop and act
+        setattr(new, name, child)
     return new.train(layer.training)
 
 
@@ -168,10 +212,14 @@ def convert_norm(
         filter: ``(qualified_name, layer) -> bool``; only layers it accepts are converted.
         **layer_kwargs: arguments of the new layers (e.g. ``theta``, ``noise`` for NABN).
 
-    ``nn.BatchNorm{1,2,3}d`` and augmentbn's layers are converted; weights, running statistics,
-    ``num_batches_tracked``, device, dtype, ``requires_grad`` and train/eval mode carry over
-    (IEBN's gate parameters too, between IEBN layers). Eval outputs are unchanged by
-    conversions between BN and NABN. ``nn.SyncBatchNorm`` is left alone.
+    ``nn.BatchNorm{1,2,3}d``, augmentbn's layers and the BatchNorm subclasses it knows are
+    converted, by exact type: ``nn.SyncBatchNorm`` (as a 2d layer; the new one is not
+    synchronized) and timm's ``BatchNormAct2d`` (into augmentbn's ``AugmentBatchNormAct2d`` or
+    ``IEBatchNormAct2d``, which keep its ``drop`` and ``act``, and back). Weights, running
+    statistics, ``num_batches_tracked``, device, dtype, ``requires_grad`` and train/eval mode
+    carry over (IEBN's gate parameters too, between IEBN layers). Eval outputs are unchanged by
+    conversions between BN and NABN. A call that converts nothing warns, naming the norm layers
+    it does not know.
     """
     if to not in _TARGETS:
         raise ValueError(f"unknown target {to!r}; expected one of {tuple(_TARGETS)}")
@@ -185,7 +233,7 @@ def convert_norm(
     converted: dict[int, nn.Module] = {}  # a layer shared by several parents stays shared
 
     def wanted(name: str, layer: nn.Module) -> bool:
-        if type(layer) not in _SPATIAL_DIMS:
+        if _kind(layer) is None:
             return False
         if selected is not None and name not in selected:
             return False
@@ -193,7 +241,7 @@ def convert_norm(
 
     def swap(name: str, layer: nn.Module) -> nn.Module:
         if id(layer) not in converted:
-            target = _TARGETS[to][_SPATIAL_DIMS[type(layer)] - 1]
+            target = _target(to, *_kind(layer))
             converted[id(layer)] = _convert_layer(layer, target, layer_kwargs)
         return converted[id(layer)]
 
@@ -204,4 +252,24 @@ def convert_norm(
             qualified = _join(parent_name, child_name)
             if wanted(qualified, child):
                 setattr(parent, child_name, swap(qualified, child))
+    if not converted:
+        warnings.warn(_nothing_converted(module, to), UserWarning, stacklevel=2)
     return module
+
+
+def _nothing_converted(module: nn.Module, to: str) -> str:
+    """Why a convert_norm call converted nothing, for its warning."""
+    what = f"convert_norm(to={to!r}) converted no layer of {type(module).__name__}"
+    known = [m for m in module.modules() if _kind(m) is not None]
+    if known:
+        return f"{what}: placement or filter excluded all of its {len(known)} BatchNorm layers"
+    unknown = sorted(
+        {_key(type(m)) for m in module.modules() if isinstance(m, (_BatchNorm, BatchNormBase))}
+    )
+    if unknown:
+        return (
+            f"{what}: it has BatchNorm-like layers of types it does not convert "
+            f"({', '.join(unknown)}); it converts nn.BatchNorm1d/2d/3d, nn.SyncBatchNorm, timm's "
+            "BatchNormAct2d and augmentbn's layers, by exact type"
+        )
+    return f"{what}: it has no BatchNorm layer"
