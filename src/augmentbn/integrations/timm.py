@@ -18,7 +18,6 @@ layers with timm's ``drop`` and ``act`` children, and the arguments and state-di
 
 from __future__ import annotations
 
-import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -26,13 +25,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import (
-    AugmentBatchNorm2d,
-    IEBatchNorm2d,
-    default_num_groups,
-    get_norm_layer,
-    list_norm_layers,
-)
+from ..layers import AugmentBatchNorm2d, IEBatchNorm2d, default_num_groups, list_norm_layers
+from . import norm_layer
 
 try:
     import timm
@@ -198,21 +192,6 @@ def norm_act_targets() -> dict[str, type[nn.Module]]:
     return {name: _NORM_ACT[name] for name in ("bn", "nabn", "iebn")}
 
 
-_NORM: dict[str, Callable[..., nn.Module]] = {}
-"""The norm layer written into timm's table for each name (made once, so that a second
-:func:`register` recognizes its own entries)."""
-
-
-def _norm_layer(name: str) -> Callable[..., nn.Module]:
-    """augmentbn's 2-D layer for ``name``: its class, or the callable that builds it."""
-    if name not in _NORM:
-        layer = get_norm_layer(name, spatial_dims=2)
-        if isinstance(layer, functools.partial) and not layer.args and not layer.keywords:
-            layer = layer.func
-        _NORM[name] = layer
-    return _NORM[name]
-
-
 def _tables() -> tuple[Any, Any]:
     norm = importlib.import_module("timm.layers.create_norm")
     norm_act = importlib.import_module("timm.layers.create_norm_act")
@@ -253,7 +232,7 @@ def register() -> list[str]:
     norm, norm_act = _tables()
     registered = []
     for name in list_norm_layers():
-        layer = _norm_layer(name)
+        layer = norm_layer(name, 2)
         if not _claim(norm._NORM_MAP, name, layer):
             continue
         registered.append(name)
