@@ -47,9 +47,11 @@ def recorder(input: Tensor) -> str | None:
     return None
 
 
-def _as_3d(input: Tensor) -> Tensor:
-    """``(N, C, *S)`` as ``(N, C, L)``, ``L = |S|`` (1 for a 2-D input), without rank checks."""
-    return input.reshape(input.shape[0], input.shape[1], -1)
+def _as_3d(input: Tensor, num_features: int) -> Tensor:
+    """``(N, C, *S)`` as ``(N, C, L)``, ``L = |S|`` (1 for a 2-D input), without rank checks.
+    ``C`` is the layer's constant, so that exporters know the channel count (the TorchScript
+    ONNX exporter refuses BatchNorm on an unknown one)."""
+    return input.reshape(input.shape[0], num_features, -1)
 
 
 def _update(running: Tensor, value: Tensor, finite: Tensor, momentum: float | Tensor) -> None:
@@ -100,6 +102,7 @@ def augment_batch_norm(
     momentum: float | Tensor,
     eps: float,
     *,
+    num_features: int,
     theta: float,
     noise: str,
     noise_std: float,
@@ -114,10 +117,10 @@ def augment_batch_norm(
         return F.batch_norm(
             input, running_mean, running_var, weight, bias, use_batch_stats, 0.0, eps
         )
-    x = _as_3d(input)
+    x = _as_3d(input, num_features)
     var, mean = torch.var_mean(x, dim=(0, 2), correction=0)
     if mean_shift is None:
-        mean_shift = draw_mean_shift(x, input.shape[1], theta, noise, noise_std, generator)
+        mean_shift = draw_mean_shift(x, num_features, theta, noise, noise_std, generator)
     else:
         mean_shift = mean_shift.detach().to(x.dtype)
     shifted_mean = mean + mean_shift
@@ -148,21 +151,30 @@ def ie_batch_norm(
     training: bool,
     momentum: float | Tensor,
     eps: float,
+    num_features: int,
 ) -> Tensor:
     """:func:`augmentbn.functional.ie_batch_norm` in plain operators (arguments checked by the
     layer)."""
     if not training:
         return ie_batch_norm_eval(
-            input, running_mean, running_var, weight, bias, weight_readjust, bias_readjust, eps
+            input,
+            running_mean,
+            running_var,
+            weight,
+            bias,
+            weight_readjust,
+            bias_readjust,
+            eps,
+            num_features,
         )
-    x = _as_3d(input)
+    x = _as_3d(input, num_features)
     var, mean = torch.var_mean(x, dim=(0, 2), correction=0)
     if running_mean is not None and running_var is not None:
         finite = var < float("inf")
         _update(running_mean, mean, finite, momentum)
         _update(running_var, torch.var(x, dim=(0, 2), correction=1), finite, momentum)
-    normalized = (x - mean[:, None]) * torch.rsqrt(var + eps)[:, None]
-    return _gate(input, x, normalized, weight, bias, weight_readjust, bias_readjust)
+    normalized = _affine(x, mean, torch.rsqrt(var + eps), weight, None)  # γ·x̂
+    return _gate(input, x, normalized, bias, weight_readjust, bias_readjust)
 
 
 def ie_batch_norm_eval(
@@ -174,28 +186,37 @@ def ie_batch_norm_eval(
     weight_readjust: Tensor,
     bias_readjust: Tensor,
     eps: float,
+    num_features: int,
 ) -> Tensor:
-    """IEBN in evaluation: running statistics if given, else batch statistics.
-    TorchScript compiles it."""
-    x = _as_3d(input)
-    use_batch_stats = running_mean is None
-    normalized = F.batch_norm(x, running_mean, running_var, None, None, use_batch_stats, 0.0, eps)
-    return _gate(input, x, normalized, weight, bias, weight_readjust, bias_readjust)
+    """IEBN in evaluation: running statistics if given, else batch statistics. TorchScript
+    compiles it.
+
+    The running statistics reach ``F.batch_norm`` as they are: ``torch.fx`` records operators
+    on buffers only where a traced value takes part, and would otherwise bake ``1/sqrt(v + ε)``
+    into the graph as a constant. Its weight and (zero) bias are always tensors, made from the
+    input: the TorchScript ONNX exporter needs the channel count otherwise, which it loses
+    through a reshape."""
+    x = _as_3d(input, num_features)
+    use_batch_stats = running_mean is None or running_var is None
+    scale = x.new_ones([num_features]) if weight is None else weight
+    zero = x.new_zeros([num_features])
+    normalized = F.batch_norm(
+        x, running_mean, running_var, scale, zero, use_batch_stats, 0.0, eps
+    )  # γ·x̂
+    return _gate(input, x, normalized, bias, weight_readjust, bias_readjust)
 
 
 def _gate(
     input: Tensor,
     x: Tensor,
     normalized: Tensor,
-    weight: Tensor | None,
     bias: Tensor | None,
     weight_readjust: Tensor,
     bias_readjust: Tensor,
 ) -> Tensor:
-    """``normalized·γ·sigmoid(w·mean_S(x) + b) + β``, back in ``input``'s shape."""
+    """``normalized·sigmoid(w·mean_S(x) + b) + β``, back in ``input``'s shape."""
     gate = torch.sigmoid(x.mean(2) * weight_readjust + bias_readjust)  # a[n, c]
-    gain = gate if weight is None else gate * weight  # γ·a
-    output = normalized * gain[:, :, None]
+    output = normalized * gate[:, :, None]
     if bias is not None:
         output = output + bias[:, None]
     return output.reshape(input.shape)

@@ -126,6 +126,7 @@ class _AugmentBatchNorm(BatchNormBase):
             self.training,
             momentum,
             self.eps,
+            num_features=self.num_features,
             theta=self.theta,
             noise=self.noise,
             noise_std=self.noise_std,

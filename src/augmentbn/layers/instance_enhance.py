@@ -66,16 +66,14 @@ class _IEBatchNorm(BatchNormBase):
                 self.weight_readjust,
                 self.bias_readjust,
                 self.eps,
+                self.num_features,
             )
         recorder = _portable.recorder(input)
-        if recorder is not None:
-            momentum = self._prepare_recorded(input, recorder)
-            function = _portable.ie_batch_norm
-        else:
-            momentum = self._prepare(input)
-            function = ie_batch_norm
+        momentum = (
+            self._prepare(input) if recorder is None else self._prepare_recorded(input, recorder)
+        )
         running_mean, running_var = self._running_stats()
-        return function(
+        args = (
             input,
             running_mean,
             running_var,
@@ -87,6 +85,9 @@ class _IEBatchNorm(BatchNormBase):
             momentum,
             self.eps,
         )
+        if recorder is None:
+            return ie_batch_norm(*args)
+        return _portable.ie_batch_norm(*args, self.num_features)
 
 
 class IEBatchNorm1d(_IEBatchNorm):

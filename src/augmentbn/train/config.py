@@ -114,6 +114,14 @@ class TrainConfig:
     def resolved_norm(self) -> str:
         return resolve_arch(self.arch, self.norm)[1]
 
+    @property
+    def resolved_placement(self) -> str:
+        """Where the norm goes: ``placement``, or each paper's (``"paper"``) for NABN and IEBN;
+        ``"all"`` for the other norms, which replace every layer."""
+        if self.resolved_norm in ("nabn", "iebn"):
+            return self.placement or "paper"
+        return "all"
+
     def norm_kwargs(self) -> dict[str, Any]:
         if self.resolved_norm == "nabn":
             return {

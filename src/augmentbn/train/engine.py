@@ -37,7 +37,7 @@ from .config import ConfigError, TrainConfig
 from .metrics import classification_metrics
 from .report import write_curves, write_json, write_log
 
-__all__ = ["RunError", "Trainer", "evaluate_checkpoint", "train"]
+__all__ = ["RunError", "Trainer", "evaluate_checkpoint", "load_run", "train"]
 
 _NABN_LAYERS = (AugmentBatchNorm1d, AugmentBatchNorm2d, AugmentBatchNorm3d)
 OUTPUT_FILES = ("config.yaml", "log.csv", "curves.png", "metrics.json", "last.pt", "best.pt")
@@ -441,7 +441,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
     """Run ``config`` end to end; return the contents of ``metrics.json``."""
     import yaml
 
-    config.validate()
+    config = config.validate().replace(placement=config.resolved_placement)
     out = _prepare_output(config, resume=resume, overwrite=overwrite)
     trainer = Trainer.create(config)
     last = out / "last.pt"
@@ -472,7 +472,9 @@ _RESUMABLE = {"epochs", "checkpoint", "device", "workers", "test_batch", "preset
 
 
 def _run_identity(config: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in config.to_dict().items() if k not in _RESUMABLE}
+    identity = {k: v for k, v in config.to_dict().items() if k not in _RESUMABLE}
+    identity["placement"] = config.resolved_placement  # runs from before it was recorded
+    return identity
 
 
 def _differences(a: TrainConfig, b: TrainConfig) -> str:
@@ -480,12 +482,15 @@ def _differences(a: TrainConfig, b: TrainConfig) -> str:
     return ", ".join(f"{k}: {x[k]!r} vs {y[k]!r}" for k in x if x[k] != y[k])
 
 
-def evaluate_checkpoint(path: str | Path, split: str = "test", **overrides: Any) -> dict[str, Any]:
-    """Metrics of the checkpoint at ``path`` on ``split``; ``overrides`` change config fields
-    that do not affect the model (e.g. ``data_root``, ``device``, ``test_batch``)."""
+def load_run(
+    path: str | Path, splits: Iterable[str], **overrides: Any
+) -> tuple[Trainer, dict[str, Any]]:
+    """The run of the checkpoint at ``path``, with its weights and ``splits`` of its data, and the
+    checkpoint; ``overrides`` change config fields that do not affect the model (e.g.
+    ``data_root``, ``device``, ``test_batch``)."""
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"], source=str(path)).replace(**overrides)
-    trainer = Trainer.create(config, splits=(split,))
+    trainer = Trainer.create(config, splits=tuple(splits))
     try:
         trainer.model.load_state_dict(state["model"])
     except RuntimeError as error:
@@ -493,4 +498,11 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", **overrides: Any)
             f"checkpoint {path} does not match the model its config describes: "
             f"{str(error).splitlines()[0]}"
         ) from error
+    return trainer, state
+
+
+def evaluate_checkpoint(path: str | Path, split: str = "test", **overrides: Any) -> dict[str, Any]:
+    """Metrics of the checkpoint at ``path`` on ``split``; ``overrides`` change config fields
+    that do not affect the model (e.g. ``data_root``, ``device``, ``test_batch``)."""
+    trainer, state = load_run(path, (split,), **overrides)
     return {"split": split, "epoch": state["epoch"], **trainer.metrics(trainer.evaluate(split))}
