@@ -278,6 +278,28 @@ def test_training_mode_records_the_same_steps(tool, nabn):
     assert eager.nabn2d.num_batches_tracked.item() == 3
 
 
+@pytest.mark.parametrize("tool", ["fx", "jit.trace", "export"])
+def test_recorded_training_draws_from_the_layers_generator(tool):
+    generator = torch.Generator().manual_seed(0)
+    eager = nn.Sequential(ab.AugmentBatchNorm2d(4, theta=1.0, generator=generator)).train()
+    x = torch.randn(3, 4, 5, 5)
+    if tool == "fx":
+        recorded = torch.fx.symbolic_trace(eager)
+    elif tool == "jit.trace":
+        recorded = _jit_or_skip(lambda: torch.jit.trace(eager, x, check_trace=False))
+    else:
+        recorded = torch.export.export(eager, (x,)).module()
+    outputs = []
+    for module, global_seed in ((eager, 1), (recorded, 2), (recorded, 3)):
+        generator.manual_seed(5)
+        torch.manual_seed(global_seed)  # not the one drawn from
+        outputs.append(module(x))
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outputs[2], outputs[0], rtol=1e-5, atol=1e-6)
+    generator.manual_seed(6)
+    assert not torch.allclose(recorded(x), outputs[0], atol=1e-3)  # the noise is drawn
+
+
 def test_jit_script_refuses_training_mode_saying_so(model):
     scripted = _jit_or_skip(lambda: torch.jit.script(model))
     scripted.train()
