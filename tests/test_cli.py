@@ -203,3 +203,56 @@ def test_paired_difference_confidence_interval():
     assert paired_difference([1.1, 1.0, 0.9], [0.0, 0.0, 0.0])["significant"]
     assert not paired_difference([0.5, 0.6], [0.6, 0.5])["significant"]
     assert paired_difference([0.5], [0.4])["low"] is None
+
+
+def _help(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+def test_help_lists_the_valid_values_from_the_registries(capsys):
+    from augmentbn.data import list_datasets
+    from augmentbn.functional import NOISE_TYPES
+    from augmentbn.layers import list_norm_layers
+    from augmentbn.models import list_models
+
+    for command in ("train", "compare"):
+        text = _help(capsys, command)
+        assert f"--norm NORM one of {', '.join(list_norm_layers())}" in text
+        assert "{" + ",".join(NOISE_TYPES) + "}" in text
+        assert ", ".join(list_datasets()) in text
+        assert ", ".join(list_presets()) in text
+        assert ", ".join(list_models()) in text
+    text = _help(capsys, "export")
+    assert "--format {onnx,pt2,torchscript}" in text and "--no-check" in text
+
+
+def test_version(capsys):
+    import augmentbn
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"augmentbn {augmentbn.__version__}"
+
+
+def test_subpackages_resolve_on_attribute_access():
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, augmentbn\n"
+        "assert 'augmentbn.models' not in sys.modules\n"
+        "print(augmentbn.models.list_models()[0], augmentbn.train.TrainConfig.__name__,"
+        " augmentbn.data.list_datasets()[0], augmentbn.integrations.__name__)\n"
+        "try:\n    augmentbn.nothing\nexcept AttributeError as error:\n    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, second = result.stdout.splitlines()
+    assert first.split()[1:] == ["TrainConfig", "bloodmnist", "augmentbn.integrations"]
+    assert second == "module 'augmentbn' has no attribute 'nothing'"

@@ -119,3 +119,52 @@ def test_norm_factory():
     assert ab.get_norm_layer(nn.BatchNorm2d) is nn.BatchNorm2d
     with pytest.raises(ValueError, match="unknown norm 'ln'"):
         ab.get_norm_layer("ln")
+
+
+def test_sync_batchnorm_converts_as_a_2d_layer():
+    model = _trained_resnet(torchvision.models.resnet18)
+    x = torch.randn(2, 3, 32, 32)
+    expected = model(x)
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    n = sum(type(m) is nn.SyncBatchNorm for m in synced.modules())
+    assert n == 20
+    converted = ab.convert_norm(synced, "nabn")
+    assert sum(type(m) is ab.AugmentBatchNorm2d for m in converted.modules()) == n
+    torch.testing.assert_close(converted(x), expected, rtol=0, atol=0)
+    back = ab.convert_norm(nn.Sequential(nn.SyncBatchNorm(4)), "bn")
+    assert type(back[0]) is nn.BatchNorm2d
+
+
+class _MyBatchNorm(nn.BatchNorm2d):
+    """A subclass convert_norm does not know: its forward may differ from BatchNorm's."""
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "reason"),
+    [
+        (nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), {}, "it has no BatchNorm layer"),
+        (nn.Sequential(nn.GroupNorm(2, 4)), {}, "it has no BatchNorm layer"),
+        (
+            nn.Sequential(_MyBatchNorm(4)),
+            {},
+            "BatchNorm-like layers of types it does not convert (",
+        ),
+        (
+            nn.Sequential(nn.BatchNorm2d(4)),
+            {"filter": lambda name, layer: False},
+            "placement or filter excluded all of its 1 BatchNorm layers",
+        ),
+    ],
+)
+def test_a_call_that_converts_nothing_warns_why(model, kwargs, reason):
+    with pytest.warns(UserWarning, match="converted no layer of Sequential") as record:
+        ab.convert_norm(model, "nabn", **kwargs)
+    assert len(record) == 1 and reason in str(record[0].message)
+    if isinstance(model[0], _MyBatchNorm):
+        assert "._MyBatchNorm); it converts nn.BatchNorm1d/2d/3d" in str(record[0].message)
+    assert record[0].filename == __file__  # points at the caller
+
+
+def test_a_call_that_converts_something_does_not_warn(recwarn):
+    ab.convert_norm(nn.Sequential(nn.BatchNorm2d(4), _MyBatchNorm(4)), "iebn")
+    assert not [w for w in recwarn if "converted no layer" in str(w.message)]

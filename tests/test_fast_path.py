@@ -389,10 +389,16 @@ def _small_net():
     )
 
 
-def test_compile_fullgraph_matches_eager(monkeypatch):
+def test_compile_fullgraph_matches_eager():
     import torch._inductor.config
 
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)  # eager's random draws
+    # eager's random draws; patch() restores the entry (a monkeypatch's undo would hide it from
+    # every later torch.export in the session)
+    with torch._inductor.config.patch(fallback_random=True):
+        _compile_fullgraph_matches_eager()
+
+
+def _compile_fullgraph_matches_eager():
     torch._dynamo.reset()
     torch.manual_seed(0)
     eager = _small_net()

@@ -155,3 +155,19 @@ def test_amp_and_channels_last_run(tmp_path, norm):
     assert 0.0 <= metrics["final"]["test"]["accuracy"] <= 1.0
     state = load_checkpoint(tmp_path / "run/last.pt")
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_config_records_the_resolved_placement_and_older_runs_resume(tmp_path):
+    from augmentbn.train.checkpoint import save_checkpoint
+
+    train(small_config(tmp_path, "gn", norm="gn"))
+    assert yaml.safe_load((tmp_path / "gn" / "config.yaml").read_text())["placement"] == "all"
+    train(small_config(tmp_path, "old", norm="iebn"))
+    saved = yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())
+    assert saved["placement"] == "paper"
+    # a run written before the placement was recorded resumes as the same run
+    state = load_checkpoint(tmp_path / "old" / "last.pt")
+    state["config"]["placement"] = None
+    save_checkpoint(tmp_path / "old" / "last.pt", state)
+    metrics = train(small_config(tmp_path, "old", norm="iebn", epochs=2), resume=True)
+    assert metrics["epochs"] == 2

@@ -104,7 +104,8 @@ def available() -> bool:
 def usable(input: Tensor, *tensors: Tensor | None) -> bool:
     """Whether a layer's call on ``input`` with these parameters and buffers can take the
     compiled operators: contiguous float32 or float64 tensors on the CPU, all of one dtype, a
-    non-empty input, outside ``torch.compile``, with the operators built."""
+    non-empty input, outside ``torch.compile``, ``torch.export`` and ``torch.jit.trace`` (a
+    recorded graph must not depend on the operators being loaded), with the operators built."""
     if (
         type(input) is not Tensor
         or not input.is_cpu
@@ -112,6 +113,7 @@ def usable(input: Tensor, *tensors: Tensor | None) -> bool:
         or not input.is_contiguous()
         or input.numel() == 0
         or torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
     ):
         return False
     dtype = input.dtype

@@ -1,5 +1,5 @@
-"""``augmentbn train | eval | compare | cam``: argument parsing only; the work is in
-``augmentbn.train`` (and ``augmentbn.cam``).
+"""``augmentbn train | eval | compare | cam | export``: argument parsing only; the work is in
+``augmentbn.train`` (and ``augmentbn.cam``, ``augmentbn.export``).
 
 ``augmentbn train`` accepts the IEBN reference's command line as it stands, e.g.::
 
@@ -52,7 +52,22 @@ def _config_params():
     ]
 
 
-def _config_flags(parser: argparse.ArgumentParser) -> None:
+def _registries() -> dict[str, list[str]]:
+    """The valid values of the flags that name things, from the registries that hold them."""
+    from .data import list_datasets
+    from .models import list_models
+    from .train.config import OPTIMIZERS, list_presets
+
+    return {
+        "norms": list_methods(),
+        "datasets": list_datasets(),
+        "presets": list_presets(),
+        "models": list_models(),
+        "optimizers": list(OPTIMIZERS),
+    }
+
+
+def _config_flags(parser: argparse.ArgumentParser, valid: dict[str, list[str]]) -> None:
     """The flags that set :class:`TrainConfig` fields. Every default is SUPPRESS, so that only the
     flags given override the preset."""
     S = argparse.SUPPRESS
@@ -62,7 +77,7 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
         "--arch",
         default=S,
         help="resnet (CIFAR ResNet; --depth, --block-name), <norm>_resnet such as "
-        "iebn_resnet, or a model name (resnet50, resnext29_8x64d, ...)",
+        f"iebn_resnet, or a model name: {', '.join(valid['models'])}",
     )
     model.add_argument("--depth", type=int, default=S, help="CIFAR ResNet depth (default 20)")
     model.add_argument(
@@ -97,8 +112,8 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--dataset",
         default=S,
-        help="digits (default, offline), cifar10, ...; segmentation: seg_demo (synthetic, "
-        "offline), msd_liver, msd_<task>",
+        help=f"one of {', '.join(valid['datasets'])} (default digits, offline; segmentation: "
+        "seg_demo is synthetic and offline, msd_<task> the Decathlon's)",
     )
     data.add_argument("--data-root", dest="data_root", default=S)
     data.add_argument("--download", action="store_true", default=S)
@@ -123,7 +138,7 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=S)
     optim.add_argument("--momentum", type=float, default=S)
     optim.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=S)
-    optim.add_argument("--optimizer", choices=("sgd", "adam"), default=S)
+    optim.add_argument("--optimizer", choices=valid["optimizers"], default=S)
     optim.add_argument("--train-batch", dest="train_batch", type=int, default=S)
     optim.add_argument("--test-batch", dest="test_batch", type=int, default=S)
     run = parser.add_argument_group("run")
@@ -137,17 +152,26 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--channels-last", dest="channels_last", action="store_true", default=S)
     run.add_argument("--compile", action="store_true", default=S)
-    run.add_argument("--preset", default=S, help="a shipped preset name or a YAML file")
+    run.add_argument(
+        "--preset",
+        default=S,
+        help=f"a YAML file, or a shipped preset: {', '.join(valid['presets'])}",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .export import FORMATS
+
+    valid = _registries()
     parser = argparse.ArgumentParser(
         prog="augmentbn", description="Train and compare BN, AugmentBN (NABN) and IEBN."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train one model and evaluate it")
-    _config_flags(train)
+    _config_flags(train, valid)
     train.add_argument(
         "-c", "--checkpoint", default=argparse.SUPPRESS, help="output folder of the run"
     )
@@ -179,8 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default=None)
 
     compare = commands.add_parser("compare", help="the grid norms × batch sizes × seeds")
-    _config_flags(compare)
-    compare.add_argument("--norms", nargs="+", default=None, help="default: bn nabn iebn")
+    _config_flags(compare, valid)
+    compare.add_argument(
+        "--norms",
+        nargs="+",
+        default=None,
+        help=f"any of {', '.join(valid['norms'])} (default: bn nabn iebn)",
+    )
     compare.add_argument("--batch-sizes", dest="batch_sizes", type=int, nargs="+", default=None)
     compare.add_argument("--seeds", type=int, nargs="+", default=None)
     compare.add_argument("--out", default="runs/compare", help="output folder (runs/compare)")
@@ -192,6 +221,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the Grad-CAM grids (one per batch size, first seed, one column per norm)",
     )
     _cam_parser(commands)
+
+    export = commands.add_parser(
+        "export",
+        help="export a checkpoint for inference, checked against PyTorch on its test data",
+        description="Export a run's checkpoint with a dynamic batch axis: onnx (the dynamo "
+        "exporter, checked with onnxruntime), pt2 (torch.export) or torchscript (torch.jit."
+        "trace, deprecated in torch 2.14). The check runs the file on a batch of the run's "
+        "test data and prints the largest difference to PyTorch.",
+    )
+    export.add_argument("checkpoint", help="a last.pt or best.pt")
+    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--out", required=True, help="the file to write")
+    export.add_argument(
+        "--fold",
+        action="store_true",
+        help="fold first: NABN becomes BatchNorm, BatchNorm folds into the convolution before "
+        "it (refused for IEBN, whose gate folds into nothing)",
+    )
+    export.add_argument(
+        "--no-check", dest="check", action="store_false", help="skip the check against PyTorch"
+    )
+    export.add_argument(
+        "--data-root", dest="data_root", default=None, help="where the run's data is now"
+    )
     return parser
 
 
@@ -401,6 +454,28 @@ def _cam(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .train.export import export_checkpoint
+
+    result = export_checkpoint(
+        args.checkpoint,
+        args.format,
+        args.out,
+        fold=args.fold,
+        check=args.check,
+        data_root=args.data_root,
+    )
+    folded = ", folded" if result["folded"] else ""
+    print(f"wrote {result['out']} ({result['format']}{folded}, dynamic batch axis)")
+    if "max_difference" in result:
+        runner = "onnxruntime" if result["format"] == "onnx" else "the loaded file"
+        print(
+            f"largest difference to PyTorch on {result['checked_images']} test images "
+            f"({runner}): {result['max_difference']:.3g} (tolerance {result['tolerance']:.3g})"
+        )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .cam import CamError
     from .data._optional import MissingDependencyError
@@ -410,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         DatasetNotFoundError,
         DownloadError,
     )
+    from .export import ExportError
     from .train import CheckpointError, ConfigError, OutputError, RunError
     from .train.signals import Terminated
 
@@ -424,10 +500,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         CorruptFileError,
         DatasetLayoutError,
         MissingDependencyError,
+        ExportError,
     )
 
     args = build_parser().parse_args(argv)
-    handlers = {"train": _train, "eval": _eval, "compare": _compare, "cam": _cam}
+    handlers = {
+        "train": _train,
+        "eval": _eval,
+        "compare": _compare,
+        "cam": _cam,
+        "export": _export,
+    }
     try:
         return handlers[args.command](args)
     except expected as error:

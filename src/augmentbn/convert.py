@@ -5,18 +5,21 @@ NABN at the stem BN, the last BN of every residual block and the shortcut BN; IE
 except the shortcut's. A layer's role is the one its model declared when it was built
 (augmentbn's models ask a :class:`~augmentbn.methods.NormPlan` for each norm by role), or else
 the one its residual block and stem say, registered with :func:`register_block` and
-:func:`register_stem` for third-party networks (torchvision's ResNet is registered here, by
-name, so torchvision is not imported).
+:func:`register_stem` for third-party networks (torchvision's and timm's ResNets are registered
+here, by name, so neither library is imported).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from .layers._base import BatchNormBase
 from .methods import (
     PLACEMENTS,
     ROLE_ATTRIBUTE,
@@ -42,6 +45,18 @@ def _spatial_dims_of() -> dict[type, int]:
     return {cls: i % 3 + 1 for i, cls in enumerate(classes)}
 
 
+# Other libraries' BatchNorm subclasses that convert_norm knows, by qualified name (so that those
+# libraries are not imported here): their spatial dims and their family, whose targets
+# _target() gives. A converted layer's children (timm's `drop` and `act`) move to the new one.
+_KNOWN_SUBCLASSES: dict[str, tuple[int, str]] = {
+    # Its dimensionality is not recorded: taken as 2d, as in image models. The converted layer
+    # is not synchronized across processes.
+    "torch.nn.modules.batchnorm.SyncBatchNorm": (2, "plain"),
+    # timm's BatchNorm + drop + activation, and augmentbn's versions of it.
+    "timm.layers.norm_act.BatchNormAct2d": (2, "timm"),
+    "augmentbn.integrations.timm.AugmentBatchNormAct2d": (2, "timm"),
+    "augmentbn.integrations.timm.IEBatchNormAct2d": (2, "timm"),
+}
 _SHARED_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _GATE_STATE = ("weight_readjust", "bias_readjust")
 
@@ -84,6 +99,28 @@ def register_stem(model_type: type[nn.Module] | str, names: Sequence[str]) -> No
 register_block("torchvision.models.resnet.BasicBlock", last=["bn2"], shortcut=["downsample.1"])
 register_block("torchvision.models.resnet.Bottleneck", last=["bn3"], shortcut=["downsample.1"])
 register_stem("torchvision.models.resnet.ResNet", ["bn1"])
+# timm's shortcut is (conv, norm), or (pool, conv, norm) with avg_down.
+_TIMM_SHORTCUT = ["downsample.1", "downsample.2"]
+register_block("timm.models.resnet.BasicBlock", last=["bn2"], shortcut=_TIMM_SHORTCUT)
+register_block("timm.models.resnet.Bottleneck", last=["bn3"], shortcut=_TIMM_SHORTCUT)
+register_stem("timm.models.resnet.ResNet", ["bn1"])
+
+
+def _kind(layer: nn.Module) -> tuple[int, str] | None:
+    """``(spatial dims, family)`` of a layer convert_norm knows, else ``None`` (exact types:
+    a subclass may behave differently)."""
+    dims = _spatial_dims_of().get(type(layer))
+    if dims is not None:
+        return dims, "plain"
+    return _KNOWN_SUBCLASSES.get(_key(type(layer)))
+
+
+def _target(to: str, dims: int, family: str) -> type[nn.Module]:
+    if family == "timm":
+        from .integrations.timm import norm_act_targets
+
+        return norm_act_targets()[to]
+    return get_method(to).layer_class("torch", dims)
 
 
 def _lookup(registry: dict, module: nn.Module):
@@ -99,13 +136,17 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _existing(module: nn.Module, prefix: str, paths: Iterable[str]) -> list[str]:
+    """The qualified names of the ``paths`` that are norm layers convert_norm knows (a path may
+    name another module in some instances: timm's shortcut is (conv, norm) or
+    (pool, conv, norm))."""
     found = []
     for path in paths:
         try:
-            module.get_submodule(path)
+            layer = module.get_submodule(path)
         except AttributeError:
             continue
-        found.append(_join(prefix, path))
+        if _kind(layer) is not None:
+            found.append(_join(prefix, path))
     return found
 
 
@@ -113,13 +154,12 @@ def _site_roles(module: nn.Module) -> dict[str, str]:
     """The role of every convertible norm layer that has one: declared by the model that built
     it, or else given by its registered residual block or stem. Other layers of a registered
     block are ``inner``; a declared role wins over a registered one."""
-    convertible = _spatial_dims_of()
     roles: dict[str, str] = {}
     for prefix, child in module.named_modules():
         block = _lookup(_BLOCKS, child)
         if block is not None:
             for name, layer in child.named_modules(prefix=prefix):
-                if type(layer) in convertible and name != prefix:
+                if _kind(layer) is not None and name != prefix:
                     roles.setdefault(name, "inner")
             for role, paths in (("last", block.last), ("shortcut", block.shortcut)):
                 for name in _existing(child, prefix, paths):
@@ -130,7 +170,7 @@ def _site_roles(module: nn.Module) -> dict[str, str]:
                 roles[name] = "stem"
     for name, layer in module.named_modules():
         declared = getattr(layer, ROLE_ATTRIBUTE, None)
-        if declared is not None and type(layer) in convertible:
+        if declared is not None and _kind(layer) is not None:
             roles[name] = declared
     return roles
 
@@ -177,6 +217,8 @@ def _convert_layer(layer: nn.Module, target: type[nn.Module], layer_kwargs: dict
                 fresh.copy_(old)
                 if isinstance(fresh, nn.Parameter):
                     fresh.requires_grad_(old.requires_grad)
+    for name, child in layer.named_children():  # timm's drop and act
+        setattr(new, name, child)
     return new.train(layer.training)
 
 
@@ -200,10 +242,14 @@ def convert_norm(
         **layer_kwargs: arguments of the new layers (e.g. ``theta``, ``noise`` for NABN),
             checked by the registry.
 
-    ``nn.BatchNorm{1,2,3}d`` and augmentbn's layers are converted; weights, running statistics,
-    ``num_batches_tracked``, device, dtype, ``requires_grad``, train/eval mode and the declared
-    role carry over (IEBN's gate parameters too, between IEBN layers). Eval outputs are unchanged
-    by conversions between BN and NABN. ``nn.SyncBatchNorm`` is left alone.
+    ``nn.BatchNorm{1,2,3}d``, augmentbn's layers and the BatchNorm subclasses it knows are
+    converted, by exact type: ``nn.SyncBatchNorm`` (as a 2d layer; the new one is not
+    synchronized) and timm's ``BatchNormAct2d`` (into augmentbn's ``AugmentBatchNormAct2d`` or
+    ``IEBatchNormAct2d``, which keep its ``drop`` and ``act``, and back). Weights, running
+    statistics, ``num_batches_tracked``, device, dtype, ``requires_grad``, train/eval mode and
+    the declared role carry over (IEBN's gate parameters too, between IEBN layers). Eval outputs
+    are unchanged by conversions between BN and NABN. A call that converts nothing warns, naming
+    the norm layers it does not know.
     """
     spec = get_method(to)
     if not spec.batchnorm_state:
@@ -220,12 +266,11 @@ def convert_norm(
         raise ValueError(
             f"convert_norm(to='bn') takes no layer arguments, got {sorted(layer_kwargs)}"
         )
-    spatial_dims = _spatial_dims_of()
     selected = paper_placement(module, spec.name) if placement == "paper" else None
     converted: dict[int, nn.Module] = {}  # a layer shared by several parents stays shared
 
     def wanted(name: str, layer: nn.Module) -> bool:
-        if type(layer) not in spatial_dims:
+        if _kind(layer) is None:
             return False
         if selected is not None and name not in selected:
             return False
@@ -233,7 +278,7 @@ def convert_norm(
 
     def swap(layer: nn.Module) -> nn.Module:
         if id(layer) not in converted:
-            target = spec.layer_class("torch", spatial_dims[type(layer)])
+            target = _target(spec.name, *_kind(layer))
             converted[id(layer)] = _convert_layer(layer, target, layer_kwargs)
         return converted[id(layer)]
 
@@ -241,6 +286,27 @@ def convert_norm(
         return swap(module)
     for parent_name, parent in list(module.named_modules()):
         for child_name, child in list(parent.named_children()):
-            if wanted(_join(parent_name, child_name), child):
+            qualified = _join(parent_name, child_name)
+            if wanted(qualified, child):
                 setattr(parent, child_name, swap(child))
+    if not converted:
+        warnings.warn(_nothing_converted(module, spec.name), UserWarning, stacklevel=2)
     return module
+
+
+def _nothing_converted(module: nn.Module, to: str) -> str:
+    """Why a convert_norm call converted nothing, for its warning."""
+    what = f"convert_norm(to={to!r}) converted no layer of {type(module).__name__}"
+    known = [m for m in module.modules() if _kind(m) is not None]
+    if known:
+        return f"{what}: placement or filter excluded all of its {len(known)} BatchNorm layers"
+    unknown = sorted(
+        {_key(type(m)) for m in module.modules() if isinstance(m, (_BatchNorm, BatchNormBase))}
+    )
+    if unknown:
+        return (
+            f"{what}: it has BatchNorm-like layers of types it does not convert "
+            f"({', '.join(unknown)}); it converts nn.BatchNorm1d/2d/3d, nn.SyncBatchNorm, timm's "
+            "BatchNormAct2d and augmentbn's layers, by exact type"
+        )
+    return f"{what}: it has no BatchNorm layer"

@@ -41,20 +41,30 @@ class BatchNormBase(_NormBase):
 
     def _prepare(self, input: Tensor, **forward_args: object) -> float | Tensor:
         """Check every ``forward`` argument, count the batch and return the momentum of the
-        running averages.
-
-        Nothing is updated unless every check passes. ``momentum=None`` gives the cumulative
-        average ``1 / num_batches_tracked`` as a tensor (in the running statistics' precision, at
-        least float32), so no host synchronization is needed and ``torch.compile`` sees no
-        data-dependent Python float.
-        """
+        running averages (:meth:`_momentum`). Nothing is updated unless every check passes."""
         self._check_forward_args(input, **forward_args)
+        return self._momentum()
+
+    def _momentum(self, fx_input: Tensor | None = None) -> float | Tensor:
+        """Count the batch (in training, with running statistics) and return the momentum.
+
+        ``momentum=None`` gives the cumulative average ``1 / num_batches_tracked`` as a tensor
+        (in the running statistics' precision, at least float32), so no host synchronization is
+        needed and ``torch.compile`` sees no data-dependent Python float.
+
+        Under ``torch.fx`` (``fx_input``: the traced input), the count adds a tensor made from the
+        input with ``aten.add_``, which fx records (a buffer's own method would run once, while it
+        traces) and keeps (fx's dead-code elimination drops unused in-place methods)."""
         momentum: float | Tensor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
+            if fx_input is None:
+                count = self.num_batches_tracked.add_(1)
+            else:
+                one = fx_input.new_ones((), dtype=self.num_batches_tracked.dtype)
+                count = torch.ops.aten.add_.Tensor(self.num_batches_tracked, one)
             if self.momentum is None:
                 dtype = torch.promote_types(self.running_mean.dtype, torch.float32)
-                momentum = 1.0 / self.num_batches_tracked.to(dtype)
+                momentum = 1.0 / count.to(dtype)
         return momentum
 
     def _running_stats(self) -> tuple[Tensor | None, Tensor | None]:
@@ -63,3 +73,23 @@ class BatchNormBase(_NormBase):
         if self.training and not self.track_running_stats:
             return None, None
         return self.running_mean, self.running_var
+
+    def _prepare_recorded(
+        self, input: Tensor, recorder: str, **forward_args: object
+    ) -> float | Tensor:
+        """:meth:`_prepare` for a call that ``recorder`` records (see
+        :func:`._portable.recorder`). ``torch.fx`` proxies have no concrete rank or shape, so
+        under it the input is not checked; the operators that follow check what they can."""
+        if recorder == "torch.fx":
+            return self._momentum(fx_input=input)
+        return self._prepare(input, **forward_args)
+
+    def _script_eval_only(self) -> None:
+        """TorchScript compiles the evaluation formulas only (training draws noise and runs
+        autograd Functions, which it cannot compile)."""
+        if self.training:
+            raise RuntimeError(
+                "augmentbn layers run under TorchScript in evaluation mode only: call .eval() "
+                "on the scripted module. To record training, use torch.jit.trace, torch.fx or "
+                "torch.export."
+            )

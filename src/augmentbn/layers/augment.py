@@ -5,10 +5,12 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional import augment_batch_norm, check_mean_shift
 from ..methods.checks import check_noise_args, check_running_stats, default_theta
+from . import _portable
 from ._base import BatchNormBase
 
 __all__ = [
@@ -77,6 +79,26 @@ class _AugmentBatchNorm(BatchNormBase):
 
     def forward(self, input: Tensor, mean_shift: Tensor | None = None) -> Tensor:
         """Normalize ``input``; ``mean_shift`` (shape ``(C,)``), if given, is used as ``δ``."""
+        return self._normalize(input, mean_shift)
+
+    def _normalize(self, input: Tensor, mean_shift: Tensor | None = None) -> Tensor:
+        """Eager calls run :func:`augmentbn.functional.augment_batch_norm`; tracers, exporters
+        and TorchScript get plain operators (:mod:`._portable`)."""
+        if torch.jit.is_scripting():  # TorchScript compiles this branch only
+            self._script_eval_only()
+            return F.batch_norm(
+                input,
+                self.running_mean,
+                self.running_var,
+                self.weight,
+                self.bias,
+                self.running_mean is None,
+                0.0,
+                self.eps,
+            )
+        recorder = _portable.recorder(input)
+        if recorder is not None:
+            return self._recorded_forward(input, mean_shift, recorder)
         momentum = self._prepare(input, mean_shift=mean_shift)
         running_mean, running_var = self._running_stats()
         return augment_batch_norm(
@@ -100,6 +122,27 @@ class _AugmentBatchNorm(BatchNormBase):
     def _check_forward_args(self, input: Tensor, mean_shift: Tensor | None = None) -> None:
         super()._check_forward_args(input)
         check_mean_shift(mean_shift, self.num_features, type(self).__name__)
+
+    def _recorded_forward(self, input: Tensor, mean_shift: Tensor | None, recorder: str) -> Tensor:
+        momentum = self._prepare_recorded(input, recorder, mean_shift=mean_shift)
+        running_mean, running_var = self._running_stats()
+        return _portable.augment_batch_norm(
+            input,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            self.training,
+            momentum,
+            self.eps,
+            num_features=self.num_features,
+            theta=self.theta,
+            noise=self.noise,
+            noise_std=self.noise_std,
+            running_stats=self.running_stats,
+            mean_shift=mean_shift,
+            generator=self.generator,
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional import ie_batch_norm
+from . import _portable
 from ._base import BatchNormBase
 
 __all__ = ["BAN2d", "IEBatchNorm1d", "IEBatchNorm2d", "IEBatchNorm3d"]
@@ -49,9 +50,30 @@ class _IEBatchNorm(BatchNormBase):
             nn.init.constant_(self.bias_readjust, -1.0)
 
     def forward(self, input: Tensor) -> Tensor:
-        momentum = self._prepare(input)
+        return self._normalize(input)
+
+    def _normalize(self, input: Tensor) -> Tensor:
+        """Eager calls run :func:`augmentbn.functional.ie_batch_norm`; tracers, exporters and
+        TorchScript get plain operators (:mod:`._portable`)."""
+        if torch.jit.is_scripting():  # TorchScript compiles this branch only
+            self._script_eval_only()
+            return _portable.ie_batch_norm_eval(
+                input,
+                self.running_mean,
+                self.running_var,
+                self.weight,
+                self.bias,
+                self.weight_readjust,
+                self.bias_readjust,
+                self.eps,
+                self.num_features,
+            )
+        recorder = _portable.recorder(input)
+        momentum = (
+            self._prepare(input) if recorder is None else self._prepare_recorded(input, recorder)
+        )
         running_mean, running_var = self._running_stats()
-        return ie_batch_norm(
+        args = (
             input,
             running_mean,
             running_var,
@@ -63,6 +85,9 @@ class _IEBatchNorm(BatchNormBase):
             momentum,
             self.eps,
         )
+        if recorder is None:
+            return ie_batch_norm(*args)
+        return _portable.ie_batch_norm(*args, self.num_features)
 
 
 class IEBatchNorm1d(_IEBatchNorm):

@@ -124,6 +124,12 @@ class TrainConfig:
     def _method_params(self, method) -> dict[str, Any]:
         return {p.name: getattr(self, p.name) for p in method.params if p.name in _FIELDS}
 
+    @property
+    def resolved_placement(self) -> str:
+        """Where the norm goes: ``placement``, or the method's default from the registry
+        (``"paper"`` for NABN and IEBN, ``"all"`` for the others)."""
+        return resolve_placement(self.resolved_norm, self.placement)
+
     def norm_kwargs(self) -> dict[str, Any]:
         """The norm layers' arguments that this configuration holds, defaults filled in by the
         method registry (``theta=None`` becomes 0.2, or 0.3 for uniform noise)."""

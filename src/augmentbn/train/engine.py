@@ -44,7 +44,7 @@ from .rundir import RunError, RunFolder
 from .signals import sigterm_raises
 from .weights import load_weights
 
-__all__ = ["RunError", "Trainer", "evaluate_checkpoint", "train"]
+__all__ = ["RunError", "Trainer", "evaluate_checkpoint", "load_run", "train"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -447,7 +447,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
     """
     import yaml
 
-    config.validate()
+    config = config.validate()
+    config = config.replace(placement=config.resolved_placement)  # recorded as used
     with sigterm_raises():
         run = RunFolder.open(config, resume=resume, overwrite=overwrite)
         if run.finished is not None:
@@ -472,11 +473,21 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
         return result
 
 
+def load_run(
+    path: str | Path, splits: Iterable[str], **overrides: Any
+) -> tuple[Trainer, dict[str, Any]]:
+    """The run of the checkpoint at ``path``, with its weights and ``splits`` of its data, and the
+    checkpoint; ``overrides`` change config fields that do not affect the model (e.g.
+    ``data_root``, ``device``, ``test_batch``)."""
+    state = load_checkpoint(path)
+    config = TrainConfig.from_dict(state["config"], source=f"checkpoint {path}")
+    trainer = Trainer.create(config.replace(**overrides), splits=tuple(splits))
+    load_weights(trainer.model, state["model"], Path(path), describe_model(config))
+    return trainer, state
+
+
 def evaluate_checkpoint(path: str | Path, split: str = "test", **overrides: Any) -> dict[str, Any]:
     """Metrics of the checkpoint at ``path`` on ``split``; ``overrides`` change config fields
     that do not affect the model (e.g. ``data_root``, ``device``, ``test_batch``)."""
-    state = load_checkpoint(path)
-    config = TrainConfig.from_dict(state["config"], source=f"checkpoint {path}")
-    trainer = Trainer.create(config.replace(**overrides), splits=(split,))
-    load_weights(trainer.model, state["model"], Path(path), describe_model(config))
+    trainer, state = load_run(path, (split,), **overrides)
     return {"split": split, "epoch": state["epoch"], **trainer.metrics(trainer.evaluate(split))}
