@@ -17,6 +17,18 @@ from torch.nn.modules.batchnorm import _NormBase
 from ..functional import check_input
 
 
+def step_momentum(layer: _NormBase) -> float | Tensor:
+    """Count one training batch in ``layer.num_batches_tracked`` (as ``nn.BatchNorm`` does) and
+    return the momentum of the running averages: ``layer.momentum``, or for ``momentum=None``
+    the cumulative average ``1 / num_batches_tracked`` as a tensor (no host synchronization)."""
+    momentum: float | Tensor = 0.0 if layer.momentum is None else layer.momentum
+    if layer.training and layer.track_running_stats and layer.num_batches_tracked is not None:
+        layer.num_batches_tracked.add_(1)
+        if layer.momentum is None:
+            momentum = 1.0 / layer.num_batches_tracked.to(torch.float32)
+    return momentum
+
+
 class BatchNormBase(_NormBase):
     """``nn.BatchNorm``'s state, input checks and momentum handling; subclasses add the formula.
 
@@ -43,12 +55,7 @@ class BatchNormBase(_NormBase):
         self._check_input_dim(input)
         use_batch_stats = self.training or not self.track_running_stats
         check_input(input, self.num_features, use_batch_stats, type(self).__name__)
-        momentum: float | Tensor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                momentum = 1.0 / self.num_batches_tracked.to(torch.float32)
-        return momentum
+        return step_momentum(self)
 
     def _running_stats(self) -> tuple[Tensor | None, Tensor | None]:
         """The running statistics to use and update: none when they are not tracked, or when the

@@ -1,0 +1,295 @@
+"""Synchronized NABN, BatchNorm and IEBN in training mode: the autograd Functions.
+
+DESIGN.md 1.1's distributed rule: the forward normalizes with the group's statistics
+(:func:`augmentbn.distributed.gather_batch_stats`, one ``all_gather``), and the backward
+all-reduces the per-channel sums its input gradient needs (one ``all_reduce`` of ``2C``
+numbers), so that N processes on N shards of a batch give one process's outputs, input gradients
+and running statistics on the whole batch. Parameter gradients stay per rank: summed over the
+ranks (``DistributedDataParallel``'s all-reduce) they are the whole batch's.
+
+Notation as in :mod:`augmentbn.functional`; ``n`` is the group's number of values per channel,
+``Σ`` sums over the whole group's batch, ``g = dL/dy``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .distributed import GroupStats
+from .functional import (
+    _as_stats_dtype,
+    _channel_view,
+    _instance_affine,
+    _instance_grad_sums,
+    _instance_layout,
+    _instance_mean,
+    _memory_format,
+    _update_running_stats,
+)
+
+__all__ = ["sync_batch_norm_train", "sync_ie_batch_norm_train"]
+
+
+def _channel_sums(grad: Tensor, input: Tensor, mean: Tensor, var: Tensor, eps: float):
+    """Per channel ``Σ g`` and ``Σ g·(x - mean)/sqrt(var + ε)`` over this rank's shard: one
+    reduction pass (eval-mode BatchNorm backward), in the statistics dtype."""
+    if input.numel() == 0:
+        zeros = mean.new_zeros(mean.shape)
+        return zeros, zeros.clone()
+    _, sum_g_xhat, sum_g = torch.ops.aten.native_batch_norm_backward(
+        grad.contiguous(memory_format=_memory_format(input)),
+        input,
+        None,
+        mean,
+        var,
+        None,
+        None,
+        False,
+        eps,
+        [False, True, True],
+    )
+    return sum_g, sum_g_xhat
+
+
+class _SyncBatchNormFunction(torch.autograd.Function):
+    """``y = γ (x - μ') / sqrt(v' + ε) + β`` with the group's ``μ'``, ``v'`` (constants).
+
+    Backward, with ``s = 1/sqrt(v' + ε)``, ``x̂ = (x - μ')·s`` and the group's sums::
+
+        dx = γ s [g - Σg/n - (x - c)·s·ρ·Σ(g x̂)/n]
+
+    (DESIGN.md 1.1, "Backward without autograd"): ``c = μ`` for gaussian_clip and uniform
+    (``dv'/dx = 2(x - μ)/n``), ``c = μ'`` for gaussian_reject and BatchNorm, ``ρ = 0`` on the
+    channels where gaussian_reject's ``max(·, 0)`` clamps, else 1. ``Σg`` and ``Σ(g x̂)`` are the
+    ranks' sums, all-reduced; ``dγ = Σ_rank(g x̂)`` and ``dβ = Σ_rank g`` are this rank's.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, input, weight, bias, shifted_mean, var_used, center, active, count, eps, group
+    ):
+        weight, bias = _as_stats_dtype(weight, bias, dtype=var_used.dtype)
+        output = torch.batch_norm(
+            input,
+            weight,
+            bias,
+            shifted_mean,
+            var_used,
+            False,
+            0.0,
+            eps,
+            torch.backends.cudnn.enabled,
+        )
+        ctx.save_for_backward(input, weight, shifted_mean, var_used, center, active, count)
+        ctx.eps, ctx.group = eps, group
+        return output
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        input, weight, shifted_mean, var_used, center, active, count = ctx.saved_tensors
+        need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+        sum_g, sum_g_xhat = _channel_sums(grad_output, input, shifted_mean, var_used, ctx.eps)
+        grad_input = None
+        if need_input:  # the same on every rank: the graph is the same
+            sums = torch.stack((sum_g, sum_g_xhat))
+            dist.all_reduce(sums, group=ctx.group)
+            invstd = torch.rsqrt(var_used + ctx.eps)
+            gain = invstd if weight is None else weight * invstd  # γ s
+            mean_g, mean_g_xhat = sums / count.to(sums.dtype)
+            slope = gain * invstd * mean_g_xhat  # γ s² ρ Σ(g x̂)/n, the coefficient of -x
+            if active is not None:
+                slope = slope * active
+            offset = slope * center - gain * mean_g
+            ndim = input.dim()
+            grad_input = torch.addcmul(
+                _channel_view(offset, ndim), input, _channel_view(-slope, ndim)
+            )
+            grad_input.addcmul_(grad_output, _channel_view(gain, ndim))
+            grad_input = grad_input.to(input.dtype)
+        return (
+            grad_input,
+            sum_g_xhat if need_weight else None,
+            sum_g if need_bias else None,
+            *(None,) * 7,
+        )
+
+
+def sync_batch_norm_train(
+    input: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    stats: GroupStats,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    momentum: float | Tensor,
+    eps: float,
+    group,
+    *,
+    noise: str | None = None,
+    running_stats: str = "clean",
+) -> Tensor:
+    """Training-mode NABN (``noise`` one of ``functional.NOISE_TYPES``, ``δ`` in
+    ``stats.shift``) or BatchNorm (``noise=None``) with the group's statistics; updates the
+    running statistics in place (``"perturbed"``: ``μ'`` and the biased ``v'``; ``"clean"``:
+    ``μ`` and the unbiased ``σ²``, exactly ``nn.BatchNorm``'s). Channels whose statistics are
+    not finite keep their running statistics."""
+    mean, var, shift = stats.mean, stats.var, stats.shift
+    active = None
+    if noise is None:  # BatchNorm: μ' = μ, v' = σ²
+        shifted_mean, var_used, center = mean, var, mean
+    elif noise == "gaussian_reject":
+        shifted_mean = mean + shift
+        # mean(x²) - μ'² = σ² - δ(μ + μ'), without the cancellation of mean(x²) - μ'².
+        raw_var = torch.addcmul(var, shift, mean + shifted_mean, value=-1)
+        var_used = raw_var.clamp(min=0.0)
+        active = 1.0 - (raw_var < 0).to(var.dtype)
+        center = shifted_mean
+    else:  # gaussian_clip, uniform: v' = mean((x - μ')²) = σ² + δ²
+        shifted_mean = mean + shift
+        var_used = torch.addcmul(var, shift, shift)
+        center = mean
+    output = _SyncBatchNormFunction.apply(
+        input, weight, bias, shifted_mean, var_used, center, active, stats.count, eps, group
+    )
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            if running_stats == "perturbed":
+                _update_running_stats(running_mean, running_var, shifted_mean, var_used, momentum)
+            else:
+                unbiased = stats.unbiased_var()
+                _update_running_stats(running_mean, running_var, mean, unbiased, momentum)
+    return output
+
+
+class _SyncIEBatchNormFunction(torch.autograd.Function):
+    """IEBN with the group's ``μ``, ``σ²``; the gate ``a[n, c] = sigmoid(w·mean_S(x[n, c]) + b)``
+    stays per instance.
+
+    With ``s = 1/sqrt(σ² + ε)``, ``x̂ = (x - μ)s``, per-``(n, c)`` sums ``S_g = sum_S(g)``,
+    ``S_gx̂ = sum_S(g x̂)``, and ``Σ_n`` over the instances of every rank (all-reduced)::
+
+        y  = (x - μ)·γ a s + β
+        dx = γ a s·g + k[c]·x̂ + b[n, c]
+        k  = -(s/n)·γ·Σ_n(a S_gx̂)
+        b  = -(s/n)·γ·Σ_n(a S_g) + γ·S_gx̂·a(1 - a)·w/|S|
+
+    the last term through ``a`` (DESIGN.md 1.2). ``dγ``, ``dβ``, ``dw``, ``db`` are this rank's.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        input,
+        weight,
+        bias,
+        weight_readjust,
+        bias_readjust,
+        stats_mean,
+        stats_var,
+        count,
+        instance_mean,
+        eps,
+        group,
+    ):
+        weight, bias = _as_stats_dtype(weight, bias, dtype=stats_mean.dtype)
+        invstd = torch.rsqrt(stats_var + eps)
+        gate = torch.addcmul(bias_readjust, instance_mean, weight_readjust).sigmoid_()  # a
+        gain = (gate if weight is None else gate * weight) * invstd  # γ a s
+        layout = _instance_layout(input, stats_mean)
+        output = _instance_affine(input, layout, stats_mean, gain, bias)
+        ctx.save_for_backward(
+            input,
+            weight,
+            weight_readjust,
+            stats_mean,
+            invstd,
+            count,
+            instance_mean,
+            gate,
+            gain,
+            *(layout if layout is not None else (None, None)),
+        )
+        ctx.group = group
+        return output
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        (
+            input,
+            weight,
+            weight_readjust,
+            mean,
+            invstd,
+            count,
+            instance_mean,
+            gate,
+            gain,
+            *layout,
+        ) = ctx.saved_tensors
+        layout = None if layout[0] is None else tuple(layout)
+        need = ctx.needs_input_grad
+        N = input.shape[0]
+        size = input.numel() // (N * input.shape[1]) if N else 1  # |S|
+        sum_g, sum_g_xc = _instance_grad_sums(grad_output, input, layout, mean)
+        gate_sum_g_xhat = gate * (sum_g_xc * invstd)  # a·S_gx̂
+        grad_weight = gate_sum_g_xhat.sum(0)
+        grad_logit = torch.addcmul(gate_sum_g_xhat, gate_sum_g_xhat, gate, value=-1.0)
+        if weight is not None:
+            grad_logit = grad_logit * weight  # γ·S_gx̂·a(1 - a)
+
+        grad_input = None
+        if need[0]:
+            sums = torch.stack(((gate * sum_g).sum(0), grad_weight))
+            dist.all_reduce(sums, group=ctx.group)
+            coef = (invstd if weight is None else weight * invstd) * (-1.0 / count.to(mean.dtype))
+            slope = coef * invstd * sums[1]  # k·s, the coefficient of x - μ
+            offset = torch.addcmul(coef * sums[0], grad_logit, weight_readjust, value=1.0 / size)
+            grad_input = _instance_affine(input, layout, mean, slope, offset)
+            grad_input.addcmul_(grad_output, _channel_view(gain, input.dim()).to(input.dtype))
+        return (
+            grad_input,
+            grad_weight if need[1] else None,
+            sum_g.sum(0) if need[2] else None,
+            (grad_logit * instance_mean).sum(0) if need[3] else None,
+            grad_logit.sum(0) if need[4] else None,
+            *(None,) * 6,
+        )
+
+
+def sync_ie_batch_norm_train(
+    input: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    weight_readjust: Tensor,
+    bias_readjust: Tensor,
+    stats: GroupStats,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    momentum: float | Tensor,
+    eps: float,
+    group,
+) -> Tensor:
+    """Training-mode IEBN with the group's statistics; the running statistics are updated as
+    ``nn.BatchNorm``'s (unbiased variance), channels with non-finite statistics kept."""
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            unbiased = stats.unbiased_var()
+            _update_running_stats(running_mean, running_var, stats.mean, unbiased, momentum)
+    return _SyncIEBatchNormFunction.apply(
+        input,
+        weight,
+        bias,
+        weight_readjust,
+        bias_readjust,
+        stats.mean,
+        stats.var,
+        stats.count,
+        _instance_mean(input),
+        eps,
+        group,
+    )
