@@ -93,7 +93,9 @@ def _swap(module: nn.Module, convert: Callable[[nn.Module], nn.Module | None]) -
             return done[id(m)]
         new = convert(m)
         if new is None:
-            for name, child in list(m.named_children()):
+            for name, child in list(m._modules.items()):  # every slot, repeats included
+                if child is None:
+                    continue
                 replaced = visit(child)
                 if replaced is not child:
                     setattr(m, name, replaced)
