@@ -6,7 +6,9 @@
         --epochs 164 --schedule 81 122 --gamma 0.1 --wd 1e-4 \\
         --checkpoint checkpoints/cifar100/resnet-164-iebn
 
-Values come from the defaults, then the ``--preset``, then the flags given.
+Values come from the defaults, then the ``--preset``, then the flags given. Under
+``torchrun --nproc_per_node N -m augmentbn train ...`` each command runs distributed
+(:mod:`augmentbn.train.distributed`).
 """
 
 from __future__ import annotations
@@ -163,6 +165,14 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     print(json.dumps(metrics, indent=2))
 
 
+def _launch(device: str | None):
+    """torchrun's process group, if any (:func:`augmentbn.train.distributed.launch`)."""
+    from .train.distributed import launch
+    from .train.engine import resolve_device
+
+    return launch(resolve_device(device or "auto"))
+
+
 def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -173,15 +183,20 @@ def _train(args: argparse.Namespace) -> int:
         resume_path = Path(args.resume)
         folder = resume_path.parent if resume_path.suffix else resume_path
         config = config.replace(checkpoint=str(folder))
-    if args.evaluate:
-        path = (
-            Path(args.resume)
-            if args.resume and Path(args.resume).is_file()
-            else (Path(config.checkpoint) / "best.pt")
-        )
-        _print_metrics(evaluate_checkpoint(path, "test", data_root=config.data_root))
+    with _launch(config.device) as dist:
+        if args.evaluate:
+            path = (
+                Path(args.resume)
+                if args.resume and Path(args.resume).is_file()
+                else (Path(config.checkpoint) / "best.pt")
+            )
+            metrics = evaluate_checkpoint(path, "test", data_root=config.data_root)
+            if dist.is_main:
+                _print_metrics(metrics)
+            return 0
+        metrics = train(config, resume=args.resume is not None, overwrite=args.overwrite, dist=dist)
+    if not dist.is_main:
         return 0
-    metrics = train(config, resume=args.resume is not None, overwrite=args.overwrite)
     best = metrics["best"]["test"]["accuracy"]
     final = metrics["final"]["test"]["accuracy"]
     print(
@@ -195,7 +210,10 @@ def _eval(args: argparse.Namespace) -> int:
     from .train import evaluate_checkpoint
 
     overrides = {k: v for k, v in (("data_root", args.data_root), ("device", args.device)) if v}
-    metrics = evaluate_checkpoint(args.checkpoint, args.split, **overrides)
+    with _launch(args.device) as dist:
+        metrics = evaluate_checkpoint(args.checkpoint, args.split, **overrides)
+    if not dist.is_main:
+        return 0
     _print_metrics(metrics)
     print(f"{args.split} accuracy: {metrics['accuracy']:.4f}")
     return 0
@@ -214,7 +232,10 @@ def _compare(args: argparse.Namespace) -> int:
         ),
         seeds=tuple(args.seeds or preset_grid.get("seeds", (0, 1, 2))),
     )
-    run_grid(config, grid, args.out, overwrite=args.overwrite)
+    with _launch(config.device) as dist:  # under torchrun, every cell runs distributed
+        run_grid(config, grid, args.out, overwrite=args.overwrite, dist=dist)
+    if not dist.is_main:
+        return 0
     out = Path(args.out)
     print()
     print((out / "summary.md").read_text())
@@ -230,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         DownloadError,
     )
     from .train import CheckpointError, ConfigError, RunError
+    from .train.distributed import mark_shared, should_report
 
     expected = (
         ConfigError,
@@ -246,10 +268,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except expected as error:
-        print(f"augmentbn {args.command}: error: {error}", file=sys.stderr)
+        if should_report(error):
+            print(f"augmentbn {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; last.pt holds the run so far (resume with --resume)", file=sys.stderr)
+        if should_report(mark_shared(KeyboardInterrupt())):
+            print(
+                "\ninterrupted; last.pt holds the run so far (resume with --resume)",
+                file=sys.stderr,
+            )
         return 130
 
 

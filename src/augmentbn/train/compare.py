@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, TrainConfig
+from .distributed import DistContext, is_shared, mark_shared
 from .engine import RunError, train
 from .report import write_csv
 
@@ -67,11 +68,18 @@ def run_dir(out: Path, norm: str, batch_size: int, seed: int) -> Path:
 
 
 def run_grid(
-    base: TrainConfig, grid: CompareGrid, out: str | Path, *, overwrite: bool = False
+    base: TrainConfig,
+    grid: CompareGrid,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    dist: DistContext | None = None,
 ) -> list[dict[str, Any]]:
     """Train every cell of ``grid`` (skipping finished ones); write ``results.csv``,
-    ``summary.md`` and ``comparison.png`` into ``out``; return the rows."""
+    ``summary.md`` and ``comparison.png`` into ``out``; return the rows. Under a process group
+    every cell trains distributed and rank 0 writes."""
     out = Path(out)
+    dist = dist or DistContext.current()
     configs = []
     for norm, batch_size, seed in grid.cells():
         config = base.replace(
@@ -82,6 +90,7 @@ def run_grid(
             arch=base.resolved_arch,
         )
         configs.append(config.validate())  # every cell is checked before any trains
+        dist.check_batch(batch_size)
     rows = []
     total = len(configs)
     for index, config in enumerate(configs, 1):
@@ -89,16 +98,25 @@ def run_grid(
             f"[{index}/{total}] norm={config.norm} batch={config.train_batch} seed={config.seed}"
         )
         metrics_path = Path(config.checkpoint) / "metrics.json"
-        if metrics_path.is_file() and not overwrite:
-            print(f"{label}: finished earlier, skipped", flush=True)
-            metrics = json.loads(metrics_path.read_text())
+        metrics = dist.from_main(
+            lambda path=metrics_path: (
+                json.loads(path.read_text()) if path.is_file() and not overwrite else None
+            )
+        )
+        if metrics is not None:
+            if dist.is_main:
+                print(f"{label}: finished earlier, skipped", flush=True)
         else:
-            print(f"{label}: training", flush=True)
+            if dist.is_main:
+                print(f"{label}: training", flush=True)
             try:
-                metrics = train(config, resume=not overwrite, overwrite=overwrite)
+                metrics = train(config, resume=not overwrite, overwrite=overwrite, dist=dist)
             except RunError as error:
-                raise RunError(f"{label}: {error}") from error
+                wrapped = RunError(f"{label}: {error}")
+                raise (mark_shared(wrapped) if is_shared(error) else wrapped) from error
         rows.append(_row(config, metrics))
+    if not dist.is_main:
+        return rows
     write_csv(out / "results.csv", rows, RESULT_COLUMNS)
     summary = summarize(rows)
     from .checkpoint import atomic_write

@@ -4,7 +4,9 @@ Outputs (in ``config.checkpoint``): ``config.yaml``, ``log.csv``, ``curves.png``
 ``last.pt`` and ``best.pt`` (written atomically), ``split.json`` where the data made a split,
 and TensorBoard events when ``tensorboard`` is installed. ``resume=True`` continues exactly: the
 checkpoint holds the model, optimizer, scheduler, epoch, history and every RNG state (Python,
-NumPy, torch, the data order and the NABN noise).
+NumPy, torch, the data order and the NABN noise). Under torchrun the run is distributed
+(:mod:`.distributed`): synchronized norm layers in ``DistributedDataParallel``, the global batch
+shared by the processes, outputs written by rank 0.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..convert_sync import convert_sync_norm
 from ..layers import AugmentBatchNorm1d, AugmentBatchNorm2d, AugmentBatchNorm3d
 from .checkpoint import (
     CheckpointError,
@@ -34,6 +37,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import ConfigError, TrainConfig
+from .distributed import DistContext, mark_shared
 from .metrics import classification_metrics
 from .report import write_curves, write_json, write_log
 
@@ -118,16 +122,25 @@ class Trainer:
     history: list[dict[str, Any]] = field(default_factory=list)
     epoch: int = 0
     best: dict[str, Any] = field(default_factory=dict)
+    dist: DistContext = field(default_factory=DistContext)
 
     def __post_init__(self) -> None:
-        # What runs the batches: the model, or its torch.compile'd wrapper (which shares its
-        # parameters; checkpoints hold the model's own state dict).
-        self.network = torch.compile(self.model) if self.config.compile else self.model
+        # What runs the batches: the model, in DistributedDataParallel when distributed, or its
+        # torch.compile'd wrapper (sharing its parameters; checkpoints hold the model's own
+        # state dict).
+        network = self.dist.wrap(self.model)
+        self.network = torch.compile(network) if self.config.compile else network
 
     # -- construction ---------------------------------------------------------------------
 
     @classmethod
-    def create(cls, config: TrainConfig, *, splits: Iterable[str] = ("train", "val", "test")):
+    def create(
+        cls,
+        config: TrainConfig,
+        *,
+        splits: Iterable[str] = ("train", "val", "test"),
+        dist: DistContext | None = None,
+    ):
         from ..data import build_dataset, list_datasets
 
         config.validate()
@@ -135,19 +148,25 @@ class Trainer:
             raise ConfigError(
                 f"unknown dataset {config.dataset!r}; valid: {', '.join(list_datasets())}"
             )
-        device = resolve_device(config.device)
+        dist = dist or DistContext.current()
+        device = dist.device(resolve_device(config.device))
         seed_everything(config.seed)
-        datasets = {
-            split: build_dataset(
-                config.dataset,
-                config.data_root,
-                split,
-                download=config.download,
-                image_size=config.image_size,
-                seed=config.seed,
-            )
-            for split in splits
-        }
+
+        def build() -> dict[str, Any]:
+            return {
+                split: build_dataset(
+                    config.dataset,
+                    config.data_root,
+                    split,
+                    download=config.download,
+                    image_size=config.image_size,
+                    seed=config.seed,
+                )
+                for split in splits
+            }
+
+        # A download goes to rank 0 first; the others then read its files.
+        datasets = dist.main_first(build) if config.download else build()
         info = next(iter(datasets.values())).info
         if info.task == "segmentation":
             raise ConfigError(
@@ -157,6 +176,8 @@ class Trainer:
         model = build_model(config, info).to(device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if dist.enabled:
+            model = convert_sync_norm(model)
         generators = {
             "data": torch.Generator().manual_seed(config.seed + 1),
             "noise": torch.Generator(device=device).manual_seed(config.seed + 2),
@@ -183,16 +204,19 @@ class Trainer:
             optimizer=optimizer,
             scheduler=scheduler,
             generators=generators,
+            dist=dist,
         )
 
     @property
     def info(self):
         return next(iter(self.datasets.values())).info
 
-    def _loss_fn(self) -> nn.Module:
+    def _loss_fn(self, train: bool = False) -> nn.Module:
+        # Distributed training sums per rank; DistContext.global_mean_loss scales the sum.
+        reduction = "sum" if train and self.dist.enabled else "mean"
         if self.info.task == "multi-label":
-            return nn.BCEWithLogitsLoss()
-        return nn.CrossEntropyLoss()
+            return nn.BCEWithLogitsLoss(reduction=reduction)
+        return nn.CrossEntropyLoss(reduction=reduction)
 
     def _loader(self, split: str, *, train: bool):
         from ..data import build_loader
@@ -205,6 +229,8 @@ class Trainer:
             device=self.device,
             generator=self.generators["data"] if train else None,
             num_workers=self.config.workers,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
 
     def _autocast(self):
@@ -237,6 +263,7 @@ class Trainer:
             "best": self.best,
             "rng": capture_rng(self.generators),
             "interrupted": interrupted,
+            "world_size": self.dist.world_size,
         }
 
     def load_state(self, state: dict[str, Any], path: Path) -> None:
@@ -261,7 +288,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         self.model.train()
-        loss_fn, task = self._loss_fn(), self.info.task
+        loss_fn, task = self._loss_fn(train=True), self.info.task
         loader = self._loader("train", train=True)
         total_loss = total_correct = seen = 0.0
         start = time.perf_counter()
@@ -269,19 +296,24 @@ class Trainer:
             loader,
             desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
             leave=False,
-            disable=not sys.stderr.isatty(),
+            disable=not (sys.stderr.isatty() and self.dist.is_main),
         )
         for step, (images, targets) in enumerate(bar):
             images = self._prepare(images)
             with self._autocast():
                 logits = self.network(images)
                 loss = loss_fn(logits.float(), targets)
-            loss_value = loss.item()
+            if self.dist.enabled:  # the same value on every rank
+                loss, loss_value = self.dist.global_mean_loss(loss, targets.numel())
+            else:
+                loss_value = loss.item()
             if not math.isfinite(loss_value):
-                raise RunError(
-                    f"the training loss became {loss_value} at epoch {self.epoch + 1}, step "
-                    f"{step + 1}; stopping. The last good checkpoint is {self.out / 'last.pt'} "
-                    "(end of the previous epoch). Lower --lr, or check the data."
+                raise mark_shared(
+                    RunError(
+                        f"the training loss became {loss_value} at epoch {self.epoch + 1}, step "
+                        f"{step + 1}; stopping. The last good checkpoint is {self.out / 'last.pt'} "
+                        "(end of the previous epoch). Lower --lr, or check the data."
+                    )
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -295,6 +327,7 @@ class Trainer:
                 acc=f"{total_correct / seen:.4f}",
                 img_s=f"{seen / (time.perf_counter() - start):.0f}",
             )
+        total_loss, total_correct, seen = self.dist.sum(total_loss, total_correct, seen)
         return EpochResult(total_loss / max(seen, 1), total_correct / max(seen, 1))
 
     @torch.no_grad()
@@ -302,17 +335,23 @@ class Trainer:
         model = model or self.network
         model.eval()
         loss_fn, task = self._loss_fn(), self.info.task
-        total_loss = total_correct = seen = 0.0
-        all_logits, all_targets = [], []
+        batches = []
         for images, targets in self._loader(split, train=False):
             with self._autocast():
                 logits = model(self._prepare(images)).float()
-            n = images.shape[0]
+            loss = loss_fn(logits, targets).item()
+            batches.append(
+                (logits.cpu(), targets.cpu(), loss, self._correct(logits, targets, task))
+            )
+        total_loss = total_correct = seen = 0.0
+        all_logits, all_targets = [], []
+        for logits, targets, loss, correct in self.dist.gather_batches(batches):  # in order
+            n = logits.shape[0]
             seen += n
-            total_loss += loss_fn(logits, targets).item() * n
-            total_correct += self._correct(logits, targets, task)
-            all_logits.append(logits.cpu())
-            all_targets.append(targets.cpu())
+            total_loss += loss * n
+            total_correct += correct
+            all_logits.append(logits)
+            all_targets.append(targets)
         return EpochResult(
             total_loss / max(seen, 1),
             total_correct / max(seen, 1),
@@ -333,8 +372,8 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs, evaluate, write every output; return ``metrics.json``."""
-        config, out = self.config, self.out
-        tensorboard = _tensorboard_writer(out)
+        config, out, main = self.config, self.out, self.dist.is_main
+        tensorboard = _tensorboard_writer(out) if main else None
         try:
             while self.epoch < config.epochs:
                 epoch_start = time.perf_counter()
@@ -344,7 +383,8 @@ class Trainer:
                 except KeyboardInterrupt:
                     state = self.state(interrupted=True)
                     state["rng"] = rng_at_epoch_start  # the interrupted epoch restarts
-                    save_checkpoint(out / "last.pt", state)
+                    if main:
+                        save_checkpoint(out / "last.pt", state)
                     raise
                 val = self.evaluate("val")
                 self.epoch += 1
@@ -366,6 +406,8 @@ class Trainer:
                 improved = not self.best or val.accuracy > self.best["val_acc"]
                 if improved:
                     self.best = {"epoch": self.epoch, "val_acc": val.accuracy}
+                if not main:
+                    continue
                 state = self.state()
                 if improved:
                     save_checkpoint(out / "best.pt", state)
@@ -385,8 +427,16 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         final = {split: self.metrics(self.evaluate(split)) for split in ("val", "test")}
         best = final
-        if (self.out / "best.pt").is_file() and self.best.get("epoch") != self.epoch:
-            best_model = _copy_with_state(self.model, load_checkpoint(self.out / "best.pt"))
+        best_path = self.out / "best.pt"
+        best_state = self.dist.from_main(
+            lambda: (
+                load_checkpoint(best_path)
+                if best_path.is_file() and self.best.get("epoch") != self.epoch
+                else None
+            )
+        )
+        if best_state is not None:
+            best_model = _copy_with_state(self.model, best_state)
             best = {
                 split: self.metrics(self.evaluate(split, best_model)) for split in ("val", "test")
             }
@@ -399,7 +449,8 @@ class Trainer:
             "best": best,
             "final": final,
         }
-        write_json(self.out / "metrics.json", result)
+        if self.dist.is_main:
+            write_json(self.out / "metrics.json", result)
         return result
 
 
@@ -437,33 +488,47 @@ def _prepare_output(config: TrainConfig, *, resume: bool, overwrite: bool) -> Pa
     return out
 
 
-def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Run ``config`` end to end; return the contents of ``metrics.json``."""
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    dist: DistContext | None = None,
+) -> dict[str, Any]:
+    """Run ``config`` end to end; return the contents of ``metrics.json``. ``dist``: the
+    distributed context (default: that of the initialized process group, if any)."""
     import yaml
 
     config.validate()
-    out = _prepare_output(config, resume=resume, overwrite=overwrite)
-    trainer = Trainer.create(config)
+    dist = dist or DistContext.current()
+    dist.check_batch(config.train_batch)
+    out = dist.from_main(lambda: _prepare_output(config, resume=resume, overwrite=overwrite))
+    trainer = Trainer.create(config, dist=dist)
     last = out / "last.pt"
-    if resume and last.is_file():
-        state = load_checkpoint(last)
+    state = dist.from_main(lambda: load_checkpoint(last) if resume and last.is_file() else None)
+    if state is not None:
         saved = TrainConfig.from_dict(state["config"], source=str(last))
         if _run_identity(saved) != _run_identity(config):
             raise CheckpointError(
                 f"{last} was written by a different run (its config differs in "
                 f"{_differences(saved, config)}); use another --checkpoint folder or --overwrite"
             )
+        dist.check_resume(state, last)
         trainer.load_state(state, last)
-        if state.get("interrupted"):
+        if state.get("interrupted") and dist.is_main:
             print(
                 f"resuming an interrupted epoch {trainer.epoch + 1} from its beginning, "
                 "with the weights saved at the interruption",
                 flush=True,
             )
-    atomic_write(out / "config.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(config.to_dict())))
-    split_record = getattr(trainer.datasets["train"], "split_record", None)
-    if split_record:
-        write_json(out / "split.json", split_record)
+    if dist.is_main:
+        if dist.enabled:
+            print(dist.share(config.train_batch, config.test_batch), flush=True)
+        text = yaml.safe_dump(config.to_dict())
+        atomic_write(out / "config.yaml", lambda tmp: tmp.write_text(text))
+        split_record = getattr(trainer.datasets["train"], "split_record", None)
+        if split_record:
+            write_json(out / "split.json", split_record)
     return trainer.fit()
 
 
