@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         DownloadError,
     )
     from .train import CheckpointError, ConfigError, RunError
-    from .train.distributed import mark_shared, should_report
+    from .train.distributed import mark_shared, release, should_report
 
     expected = (
         ConfigError,
@@ -269,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args)
     except expected as error:
         if should_report(error):
-            print(f"augmentbn {args.command}: error: {error}", file=sys.stderr)
+            print(f"augmentbn {args.command}: error: {error}", file=sys.stderr, flush=True)
+        release(error)  # distributed: every rank waits until rank 0 has printed it
         return 2
     except KeyboardInterrupt:
         if should_report(mark_shared(KeyboardInterrupt())):

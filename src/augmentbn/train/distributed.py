@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from .. import distributed as groups
 from .config import ConfigError
 
-__all__ = ["DistContext", "is_shared", "launch", "mark_shared", "should_report"]
+__all__ = ["DistContext", "is_shared", "launch", "mark_shared", "release", "should_report"]
 
 T = TypeVar("T")
 CONTROL_TIMEOUT = datetime.timedelta(hours=2)
@@ -205,6 +205,7 @@ class DistContext:
 
 
 _CURRENT: tuple[Any, DistContext] | None = None
+_KEPT = False  # launch() left the group up for release()
 
 
 def _picklable(error: Exception) -> Exception:
@@ -228,7 +229,11 @@ def _collective_failure(error: BaseException) -> bool:
 def launch(device: torch.device) -> Iterator[DistContext]:
     """The process group of torchrun's environment for the duration of a command (nothing
     without ``WORLD_SIZE`` above 1): yields the :class:`DistContext`; a failed collective (a
-    process that died or hangs) becomes a :class:`RunError` naming this rank."""
+    process that died or hangs) becomes a :class:`RunError` naming this rank.
+
+    After an error every rank raised alike (:func:`mark_shared`), the group stays up until the
+    caller has reported it and called :func:`release`, so that no rank exits (and has torchrun
+    stop the others) before rank 0 has printed the message."""
     from .engine import RunError
 
     rank = int(os.environ.get("RANK", "0"))
@@ -240,20 +245,42 @@ def launch(device: torch.device) -> Iterator[DistContext]:
             f"rank {rank}: cannot join the distributed run ({type(error).__name__}: {error}); "
             "start it with torchrun, which sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT"
         ) from error
-    started = active and not existing
+    keep = False
     try:
         yield DistContext.current()
     except Exception as error:
-        if not active or not _collective_failure(error):
+        if not active:
+            raise
+        if is_shared(error):
+            global _KEPT
+            keep = _KEPT = not existing
+            raise
+        if not _collective_failure(error):
             raise
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RunError(
             f"rank {rank}: the distributed run failed ({first}); another process has probably "
-            "stopped or hangs (see its output). The last finished epoch is in last.pt: "
-            "resume with --resume and the same number of processes"
+            "stopped or hangs (see its output). last.pt, once written, holds the last finished "
+            "epoch: resume with --resume and the same number of processes"
         ) from error
     finally:
-        if started:
-            global _CURRENT
-            _CURRENT = None
-            dist.destroy_process_group()
+        if active and not existing and not keep:
+            _shutdown()
+
+
+def release(error: BaseException) -> None:
+    """After :func:`launch` let ``error`` through: wait until every rank has reported it (rank 0
+    first), then end the process group."""
+    global _KEPT
+    if not (_KEPT and is_shared(error) and groups.is_initialized()):
+        return
+    _KEPT = False
+    with contextlib.suppress(Exception):
+        dist.barrier()
+    _shutdown()
+
+
+def _shutdown() -> None:
+    global _CURRENT
+    _CURRENT = None
+    dist.destroy_process_group()
