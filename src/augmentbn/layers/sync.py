@@ -74,6 +74,10 @@ class _SyncAugmentBatchNorm(_Synchronized):
         group = self._group()
         if group is None:
             return super().forward(input, mean_shift)
+        return self._synchronized(input, group, mean_shift)
+
+    @torch.compiler.disable  # collectives run eagerly, outside torch.compile's graphs
+    def _synchronized(self, input: Tensor, group, mean_shift: Tensor | None) -> Tensor:
         name = type(self).__name__
         self._check_shard(input)
         if mean_shift is None:
@@ -95,7 +99,7 @@ class _SyncAugmentBatchNorm(_Synchronized):
         stats.check(name)
         momentum = step_momentum(self)
         running_mean, running_var = self._tracked()
-        return _sync_forward(
+        return sync_batch_norm_train(
             input,
             self.weight,
             self.bias,
@@ -108,17 +112,6 @@ class _SyncAugmentBatchNorm(_Synchronized):
             noise=self.noise,
             running_stats=self.running_stats,
         )
-
-
-@torch.compiler.disable
-def _sync_forward(*args, **kwargs) -> Tensor:
-    """Collectives run eagerly, outside ``torch.compile``'s graphs."""
-    return sync_batch_norm_train(*args, **kwargs)
-
-
-@torch.compiler.disable
-def _sync_ie_forward(*args, **kwargs) -> Tensor:
-    return sync_ie_batch_norm_train(*args, **kwargs)
 
 
 class SyncAugmentBatchNorm1d(_SyncAugmentBatchNorm, AugmentBatchNorm1d):
@@ -148,12 +141,16 @@ class _SyncIEBatchNorm(_Synchronized):
         group = self._group()
         if group is None:
             return super().forward(input)
+        return self._synchronized(input, group)
+
+    @torch.compiler.disable
+    def _synchronized(self, input: Tensor, group) -> Tensor:
         self._check_shard(input)
         stats = gather_batch_stats(input, group)
         stats.check(type(self).__name__)
         momentum = step_momentum(self)
         running_mean, running_var = self._tracked()
-        return _sync_ie_forward(
+        return sync_ie_batch_norm_train(
             input,
             self.weight,
             self.bias,
@@ -192,6 +189,10 @@ class _SyncBatchNorm(_Synchronized):
         group = self._group()
         if group is None:
             return super().forward(input)
+        return self._synchronized(input, group)
+
+    @torch.compiler.disable
+    def _synchronized(self, input: Tensor, group) -> Tensor:
         self._check_shard(input)
         stats = gather_batch_stats(input, group)
         stats.check(type(self).__name__)
@@ -201,7 +202,7 @@ class _SyncBatchNorm(_Synchronized):
             if self.momentum is None:  # as nn.BatchNorm: a Python float
                 momentum = 1.0 / float(self.num_batches_tracked)
         running_mean, running_var = self._tracked()
-        return _sync_forward(
+        return sync_batch_norm_train(
             input,
             self.weight,
             self.bias,
