@@ -13,6 +13,8 @@ Notation as in :mod:`augmentbn.functional`; ``n`` is the group's number of value
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -22,9 +24,6 @@ from .distributed import GroupStats
 from .functional import (
     _as_stats_dtype,
     _channel_view,
-    _instance_affine,
-    _instance_grad_sums,
-    _instance_layout,
     _instance_mean,
     _memory_format,
     _update_running_stats,
@@ -178,6 +177,7 @@ class _SyncIEBatchNormFunction(torch.autograd.Function):
         b  = -(s/n)·γ·Σ_n(a S_g) + γ·S_gx̂·a(1 - a)·w/|S|
 
     the last term through ``a`` (DESIGN.md 1.2). ``dγ``, ``dβ``, ``dw``, ``db`` are this rank's.
+    Forward is one elementwise pass; backward one reduction pass and two elementwise passes.
     """
 
     @staticmethod
@@ -197,68 +197,107 @@ class _SyncIEBatchNormFunction(torch.autograd.Function):
     ):
         weight, bias = _as_stats_dtype(weight, bias, dtype=stats_mean.dtype)
         invstd = torch.rsqrt(stats_var + eps)
+        gamma_s = invstd if weight is None else weight * invstd  # γ s
         gate = torch.addcmul(bias_readjust, instance_mean, weight_readjust).sigmoid_()  # a
-        gain = (gate if weight is None else gate * weight) * invstd  # γ a s
-        layout = _instance_layout(input, stats_mean)
-        output = _instance_affine(input, layout, stats_mean, gain, bias)
+        gain = gate * gamma_s  # γ a s, per (n, c)
+        if bias is None:  # β - μ·γ a s
+            shift = (stats_mean * gain).neg_()
+        else:
+            shift = torch.addcmul(bias, stats_mean, gain, value=-1)
+        ndim = input.dim()
+        output = torch.addcmul(_channel_view(shift, ndim), input, _channel_view(gain, ndim))
         ctx.save_for_backward(
             input,
-            weight,
             weight_readjust,
             stats_mean,
+            stats_var,
             invstd,
+            gamma_s,
             count,
             instance_mean,
             gate,
             gain,
-            *(layout if layout is not None else (None, None)),
+            weight,
         )
-        ctx.group = group
-        return output
+        ctx.eps, ctx.group = eps, group
+        return output.to(input.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
         (
             input,
-            weight,
             weight_readjust,
             mean,
+            var,
             invstd,
+            gamma_s,
             count,
             instance_mean,
             gate,
             gain,
-            *layout,
+            weight,
         ) = ctx.saved_tensors
-        layout = None if layout[0] is None else tuple(layout)
         need = ctx.needs_input_grad
-        N = input.shape[0]
-        size = input.numel() // (N * input.shape[1]) if N else 1  # |S|
-        sum_g, sum_g_xc = _instance_grad_sums(grad_output, input, layout, mean)
-        gate_sum_g_xhat = gate * (sum_g_xc * invstd)  # a·S_gx̂
-        grad_weight = gate_sum_g_xhat.sum(0)
-        grad_logit = torch.addcmul(gate_sum_g_xhat, gate_sum_g_xhat, gate, value=-1.0)
+        sum_g, sum_g_xhat = _instance_sums(grad_output, input, mean, var, invstd, ctx.eps)
+        gate_sums = torch.stack((sum_g, sum_g_xhat)) * gate  # a·S_g, a·S_gx̂
+        sums = gate_sums.sum(1)  # this rank's Σ_n
+        grad_weight = sums[1].clone() if need[1] else None
+        grad_logit = gate_sums[1] * (1 - gate)  # S_gx̂·a(1 - a)
         if weight is not None:
-            grad_logit = grad_logit * weight  # γ·S_gx̂·a(1 - a)
+            grad_logit = grad_logit * weight
 
         grad_input = None
         if need[0]:
-            sums = torch.stack(((gate * sum_g).sum(0), grad_weight))
             dist.all_reduce(sums, group=ctx.group)
-            coef = (invstd if weight is None else weight * invstd) * (-1.0 / count.to(mean.dtype))
+            size = math.prod(input.shape[2:])  # |S|
+            coef = gamma_s / (-count).to(gamma_s.dtype)  # -γ s / n
             slope = coef * invstd * sums[1]  # k·s, the coefficient of x - μ
             offset = torch.addcmul(coef * sums[0], grad_logit, weight_readjust, value=1.0 / size)
-            grad_input = _instance_affine(input, layout, mean, slope, offset)
-            grad_input.addcmul_(grad_output, _channel_view(gain, input.dim()).to(input.dtype))
+            offset = torch.addcmul(offset, mean, slope, value=-1)  # the part free of x
+            ndim = input.dim()
+            grad_input = torch.addcmul(
+                _channel_view(offset, ndim), input, _channel_view(slope, ndim)
+            )
+            grad_input.addcmul_(grad_output, _channel_view(gain, ndim))
+            grad_input = grad_input.to(input.dtype)
         return (
             grad_input,
-            grad_weight if need[1] else None,
+            grad_weight,
             sum_g.sum(0) if need[2] else None,
             (grad_logit * instance_mean).sum(0) if need[3] else None,
             grad_logit.sum(0) if need[4] else None,
             *(None,) * 6,
         )
+
+
+def _instance_sums(grad, input, mean, var, invstd, eps):
+    """``S_g = sum_S(g)`` and ``S_gx̂ = sum_S(g·(x - μ_c)·s_c)``, shape ``(N, C)``, in the
+    statistics dtype: one pass of eval-mode BatchNorm backward on the ``(1, N·C, |S|)`` view of a
+    contiguous input (whose "channels" are the ``(n, c)`` pairs), composite reductions
+    otherwise."""
+    N, C = input.shape[:2]
+    if input.dim() >= 3 and input.is_contiguous() and input.numel():
+        stats = torch.stack((mean, var)).unsqueeze(1).expand(2, N, C).reshape(2, N * C)
+        _, sum_g_xhat, sum_g = torch.ops.aten.native_batch_norm_backward(
+            grad.contiguous().view(1, N * C, -1),
+            input.view(1, N * C, -1),
+            None,
+            stats[0],
+            stats[1],
+            None,
+            None,
+            False,
+            eps,
+            [False, True, True],
+        )
+        return sum_g.view(N, C), sum_g_xhat.view(N, C)
+    ndim = input.dim()
+    g_xhat = grad * ((input - _channel_view(mean, ndim)) * _channel_view(invstd, ndim))
+    if ndim == 2:
+        return grad.to(mean.dtype), g_xhat.to(mean.dtype)
+    spatial = tuple(range(2, ndim))
+    return grad.sum(dim=spatial, dtype=mean.dtype), g_xhat.sum(dim=spatial, dtype=mean.dtype)
 
 
 def sync_ie_batch_norm_train(
