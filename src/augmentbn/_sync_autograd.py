@@ -24,7 +24,6 @@ from .distributed import GroupStats
 from .functional import (
     _as_stats_dtype,
     _channel_view,
-    _instance_mean,
     _memory_format,
     _update_running_stats,
 )
@@ -95,9 +94,10 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         grad_input = None
         if need_input:  # the same on every rank: the graph is the same
             sums = torch.stack((sum_g, sum_g_xhat))
-            dist.all_reduce(sums, group=ctx.group)
+            work = dist.all_reduce(sums, group=ctx.group, async_op=True)
             invstd = torch.rsqrt(var_used + ctx.eps)
             gain = invstd if weight is None else weight * invstd  # γ s
+            work.wait()
             mean_g, mean_g_xhat = sums / count.to(sums.dtype)
             slope = gain * invstd * mean_g_xhat  # γ s² ρ Σ(g x̂)/n, the coefficient of -x
             if active is not None:
@@ -243,13 +243,18 @@ class _SyncIEBatchNormFunction(torch.autograd.Function):
         gate_sums = torch.stack((sum_g, sum_g_xhat)) * gate  # a·S_g, a·S_gx̂
         sums = gate_sums.sum(1)  # this rank's Σ_n
         grad_weight = sums[1].clone() if need[1] else None
+        work = dist.all_reduce(sums, group=ctx.group, async_op=True) if need[0] else None
+        # While the sums travel: the parameters' gradients, this rank's alone.
         grad_logit = gate_sums[1] * (1 - gate)  # S_gx̂·a(1 - a)
         if weight is not None:
             grad_logit = grad_logit * weight
+        grad_bias = sum_g.sum(0) if need[2] else None
+        grad_weight_readjust = (grad_logit * instance_mean).sum(0) if need[3] else None
+        grad_bias_readjust = grad_logit.sum(0) if need[4] else None
 
         grad_input = None
-        if need[0]:
-            dist.all_reduce(sums, group=ctx.group)
+        if work is not None:
+            work.wait()
             size = math.prod(input.shape[2:])  # |S|
             coef = gamma_s / (-count).to(gamma_s.dtype)  # -γ s / n
             slope = coef * invstd * sums[1]  # k·s, the coefficient of x - μ
@@ -264,9 +269,9 @@ class _SyncIEBatchNormFunction(torch.autograd.Function):
         return (
             grad_input,
             grad_weight,
-            sum_g.sum(0) if need[2] else None,
-            (grad_logit * instance_mean).sum(0) if need[3] else None,
-            grad_logit.sum(0) if need[4] else None,
+            grad_bias,
+            grad_weight_readjust,
+            grad_bias_readjust,
             *(None,) * 6,
         )
 
@@ -302,6 +307,7 @@ def _instance_sums(grad, input, mean, var, invstd, eps):
 
 def sync_ie_batch_norm_train(
     input: Tensor,
+    instance_mean: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
     weight_readjust: Tensor,
@@ -313,8 +319,9 @@ def sync_ie_batch_norm_train(
     eps: float,
     group,
 ) -> Tensor:
-    """Training-mode IEBN with the group's statistics; the running statistics are updated as
-    ``nn.BatchNorm``'s (unbiased variance), channels with non-finite statistics kept."""
+    """Training-mode IEBN with the group's statistics and this rank's ``instance_mean``
+    (``mean_S(x)``, ``(N, C)``); the running statistics are updated as ``nn.BatchNorm``'s
+    (unbiased variance), channels with non-finite statistics kept."""
     if running_mean is not None and running_var is not None:
         with torch.no_grad():
             unbiased = stats.unbiased_var()
@@ -328,7 +335,7 @@ def sync_ie_batch_norm_train(
         stats.mean,
         stats.var,
         stats.count,
-        _instance_mean(input),
+        instance_mean,
         eps,
         group,
     )

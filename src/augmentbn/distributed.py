@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,7 @@ __all__ = [
     "group_size",
     "init_from_environment",
     "is_initialized",
+    "start_gather_batch_stats",
     "sync_group",
     "timeout",
 ]
@@ -94,12 +96,14 @@ def init_from_environment(device: torch.device) -> bool:
     return True
 
 
-def all_gather_rows(row: Tensor, group) -> Tensor:
-    """``(world, len(row))``: every rank's ``row``, in group-rank order (one collective)."""
+def all_gather_rows(row: Tensor, group, async_op: bool = False):
+    """``(world, len(row))``: every rank's ``row``, in group-rank order (one collective). With
+    ``async_op``, ``(rows, work)``: the rows are there after ``work.wait()``."""
     out = row.new_empty(dist.get_world_size(group) * row.numel())
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    gather(out, row, group=group)
-    return out.view(-1, row.numel())
+    work = gather(out, row, group=group, async_op=async_op)
+    rows = out.view(-1, row.numel())
+    return (rows, work) if async_op else rows
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,14 @@ class GroupStats:
 def gather_batch_stats(input: Tensor, group, shift: Tensor | None = None) -> GroupStats:
     """The group-wide mean and biased variance of every channel of ``input`` (this rank's
     shard), and the first rank's ``shift``: one ``all_gather`` of ``(n_r, μ_r, σ²_r, δ_r)``."""
+    return start_gather_batch_stats(input, group, shift)()
+
+
+def start_gather_batch_stats(
+    input: Tensor, group, shift: Tensor | None = None
+) -> Callable[[], GroupStats]:
+    """:func:`gather_batch_stats` started: the collective runs while the caller goes on, and
+    calling the result waits for it and returns the statistics."""
     C = input.shape[1]
     dtype = _stats_dtype(input)
     count = input.numel() // C if C else 0
@@ -144,16 +156,22 @@ def gather_batch_stats(input: Tensor, group, shift: Tensor | None = None) -> Gro
     if shift is not None:
         parts.append(shift.to(mean))
     # float64 keeps the counts exact and the combination accurate; it is 3C + 1 numbers.
-    rows = all_gather_rows(torch.cat(parts).to(torch.float64), group)
-    counts, means, variances = rows[:, :1], rows[:, 1 : C + 1], rows[:, C + 1 : 2 * C + 1]
-    total = counts.sum()
-    weights = counts / total.clamp(min=1)
-    group_mean = (weights * means).sum(0)
-    spread = variances + (means - group_mean).square()
-    group_var = (weights * spread.masked_fill(counts == 0, 0)).sum(0)
-    return GroupStats(
-        count=total,
-        mean=group_mean.to(dtype),
-        var=group_var.to(dtype),
-        shift=rows[0, 2 * C + 1 :].to(dtype) if shift is not None else None,
-    )
+    rows, work = all_gather_rows(torch.cat(parts).to(torch.float64), group, async_op=True)
+
+    def finish() -> GroupStats:
+        work.wait()
+        counts, means, variances = rows[:, :1], rows[:, 1 : C + 1], rows[:, C + 1 : 2 * C + 1]
+        total = counts.sum()
+        weights = counts / total.clamp(min=1)
+        group_mean = (weights * means).sum(0)
+        # Empty shards have zero moments and weight: they add nothing (unless the mean is not
+        # finite, and then neither is the channel's variance).
+        group_var = (weights * (variances + (means - group_mean).square())).sum(0)
+        return GroupStats(
+            count=total,
+            mean=group_mean.to(dtype),
+            var=group_var.to(dtype),
+            shift=rows[0, 2 * C + 1 :].to(dtype) if shift is not None else None,
+        )
+
+    return finish

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from .._sync_autograd import sync_batch_norm_train, sync_ie_batch_norm_train
-from ..distributed import gather_batch_stats, sync_group
-from ..functional import _stats_dtype, check_input, sample_mean_shift
+from ..distributed import gather_batch_stats, start_gather_batch_stats, sync_group
+from ..functional import _instance_mean, _stats_dtype, check_input, sample_mean_shift
 from ._base import step_momentum
 from .augment import AugmentBatchNorm1d, AugmentBatchNorm2d, AugmentBatchNorm3d
 from .instance_enhance import IEBatchNorm1d, IEBatchNorm2d, IEBatchNorm3d
@@ -146,12 +146,15 @@ class _SyncIEBatchNorm(_Synchronized):
     @torch.compiler.disable
     def _synchronized(self, input: Tensor, group) -> Tensor:
         self._check_shard(input)
-        stats = gather_batch_stats(input, group)
+        pending = start_gather_batch_stats(input, group)
+        instance_mean = _instance_mean(input)  # while the statistics travel
+        stats = pending()
         stats.check(type(self).__name__)
         momentum = step_momentum(self)
         running_mean, running_var = self._tracked()
         return sync_ie_batch_norm_train(
             input,
+            instance_mean,
             self.weight,
             self.bias,
             self.weight_readjust,
