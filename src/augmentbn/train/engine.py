@@ -428,9 +428,9 @@ class Trainer:
         final = {split: self.metrics(self.evaluate(split)) for split in ("val", "test")}
         best = final
         best_path = self.out / "best.pt"
-        best_state = self.dist.from_main(
+        best_state = self.dist.from_main(  # rank 0 reads it; the others get the weights
             lambda: (
-                load_checkpoint(best_path)
+                {"model": load_checkpoint(best_path)["model"]}
                 if best_path.is_file() and self.best.get("epoch") != self.epoch
                 else None
             )
