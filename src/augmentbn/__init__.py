@@ -5,6 +5,8 @@
 - :func:`convert_norm` swaps the BatchNorm layers of any model, with the papers' placement.
 - :mod:`augmentbn.methods` is the registry every name, factory and placement derives from.
 - :func:`fold` folds them for inference; ``augmentbn.export`` writes ONNX, pt2, TorchScript.
+- :func:`convert_sync_norm` synchronizes them across processes (:func:`revert_sync_norm` undoes
+  it).
 
 The subpackages (``models``, ``data``, ``train``, ``integrations``, ``export``, ``jittor``)
 load on first use: ``augmentbn.models.create_model(...)`` works after ``import augmentbn``.
@@ -15,6 +17,7 @@ from typing import Any
 
 from . import functional, methods
 from .convert import convert_norm, register_block, register_stem
+from .convert_sync import convert_sync_norm, revert_sync_norm
 from .folding import fold
 from .layers import (
     AugmentBatchNorm1d,
@@ -25,6 +28,12 @@ from .layers import (
     IEBatchNorm1d,
     IEBatchNorm2d,
     IEBatchNorm3d,
+    SyncAugmentBatchNorm1d,
+    SyncAugmentBatchNorm2d,
+    SyncAugmentBatchNorm3d,
+    SyncIEBatchNorm1d,
+    SyncIEBatchNorm2d,
+    SyncIEBatchNorm3d,
     create_norm_layer,
     get_norm_layer,
 )
@@ -54,8 +63,15 @@ __all__ = [
     "IEBatchNorm1d",
     "IEBatchNorm2d",
     "IEBatchNorm3d",
+    "SyncAugmentBatchNorm1d",
+    "SyncAugmentBatchNorm2d",
+    "SyncAugmentBatchNorm3d",
+    "SyncIEBatchNorm1d",
+    "SyncIEBatchNorm2d",
+    "SyncIEBatchNorm3d",
     "__version__",
     "convert_norm",
+    "convert_sync_norm",
     "create_norm_layer",
     "fold",
     "functional",
@@ -63,4 +79,5 @@ __all__ = [
     "methods",
     "register_block",
     "register_stem",
+    "revert_sync_norm",
 ]

@@ -7,7 +7,9 @@
         --epochs 164 --schedule 81 122 --gamma 0.1 --wd 1e-4 \\
         --checkpoint checkpoints/cifar100/resnet-164-iebn
 
-Values come from the defaults, then the ``--preset``, then the flags given.
+Values come from the defaults, then the ``--preset``, then the flags given. Under
+``torchrun --nproc_per_node N -m augmentbn train ...`` each command runs distributed
+(:mod:`augmentbn.train.distributed`).
 """
 
 from __future__ import annotations
@@ -330,6 +332,14 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     print(json.dumps(metrics, indent=2))
 
 
+def _launch(device: str | None):
+    """torchrun's process group, if any (:func:`augmentbn.train.distributed.launch`)."""
+    from .train.distributed import launch
+    from .train.engine import resolve_device
+
+    return launch(resolve_device(device or "auto"))
+
+
 def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -339,15 +349,20 @@ def _train(args: argparse.Namespace) -> int:
     config, _ = config_from_args(args)
     if args.resume:  # the reference passes the checkpoint file itself
         config = config.replace(checkpoint=str(_resume_folder(Path(args.resume), args.evaluate)))
-    if args.evaluate:
-        path = (
-            Path(args.resume)
-            if args.resume and Path(args.resume).is_file()
-            else (Path(config.checkpoint) / "best.pt")
-        )
-        _print_metrics(evaluate_checkpoint(path, "test", data_root=config.data_root))
+    with _launch(config.device) as dist:
+        if args.evaluate:
+            path = (
+                Path(args.resume)
+                if args.resume and Path(args.resume).is_file()
+                else (Path(config.checkpoint) / "best.pt")
+            )
+            metrics = evaluate_checkpoint(path, "test", data_root=config.data_root)
+            if dist.is_main:
+                _print_metrics(metrics)
+            return 0
+        metrics = train(config, resume=args.resume is not None, overwrite=args.overwrite, dist=dist)
+    if not dist.is_main:
         return 0
-    metrics = train(config, resume=args.resume is not None, overwrite=args.overwrite)
     key, name = primary_metric(metrics["task"])
     best = metrics["best"]["test"][key]
     final = metrics["final"]["test"][key]
@@ -381,7 +396,10 @@ def _eval(args: argparse.Namespace) -> int:
     from .train.metrics import primary_metric
 
     overrides = {k: v for k, v in (("data_root", args.data_root), ("device", args.device)) if v}
-    metrics = evaluate_checkpoint(args.checkpoint, args.split, **overrides)
+    with _launch(args.device) as dist:
+        metrics = evaluate_checkpoint(args.checkpoint, args.split, **overrides)
+    if not dist.is_main:
+        return 0
     _print_metrics(metrics)
     key, name = primary_metric("segmentation" if "dice" in metrics else "classification")
     print(f"{args.split} {name}: {metrics[key]:.4f}")
@@ -401,7 +419,10 @@ def _compare(args: argparse.Namespace) -> int:
         ),
         seeds=tuple(args.seeds or preset_grid.get("seeds", (0, 1, 2))),
     )
-    run_grid(config, grid, args.out, overwrite=args.overwrite)
+    with _launch(config.device) as dist:  # under torchrun, every cell runs distributed
+        run_grid(config, grid, args.out, overwrite=args.overwrite, dist=dist)
+    if not dist.is_main:
+        return 0
     out = Path(args.out)
     print()
     print((out / "summary.md").read_text())
@@ -487,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from .export import ExportError
     from .train import CheckpointError, ConfigError, OutputError, RunError
+    from .train.distributed import mark_shared, release, should_report
     from .train.signals import Terminated
 
     expected = (
@@ -514,15 +536,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except expected as error:
-        print(f"augmentbn {args.command}: error: {error}", file=sys.stderr)
+        if should_report(error):
+            print(f"augmentbn {args.command}: error: {error}", file=sys.stderr, flush=True)
+        release(error)  # distributed: every rank waits until rank 0 has printed it
         return 2
     except KeyboardInterrupt as error:
         what = "terminated" if isinstance(error, Terminated) else "interrupted"
-        print(
-            f"\n{what}; the unfinished epoch is not saved: --resume (or the same compare command) "
-            "continues from the end of the last finished epoch, exactly as if uninterrupted",
-            file=sys.stderr,
-        )
+        if should_report(mark_shared(error)):
+            print(
+                f"\n{what}; the unfinished epoch is not saved: --resume (or the same compare "
+                "command) continues from the end of the last finished epoch, exactly as if "
+                "uninterrupted",
+                file=sys.stderr,
+            )
         return 143 if isinstance(error, Terminated) else 130
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -11,6 +10,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .base import ImageDataset
+from .shard import batch_plan, check_shard
 from .tensor_loader import TensorBatchLoader
 
 __all__ = ["FAST_PATH_MAX_BYTES", "DeviceLoader", "build_loader"]
@@ -22,7 +22,9 @@ many bytes; on a GPU, at most half of its free memory."""
 
 class _SeededBatchSampler(Sampler[list[tuple[int, int | None]]]):
     """Batches of ``(index, seed)``: each epoch draws its order and one augmentation seed per
-    image from ``generator`` when iteration starts (``seed`` is ``None`` without augmentation)."""
+    image from ``generator`` when iteration starts (``seed`` is ``None`` without augmentation).
+    With ``world_size`` processes, this process's share of each batch (:mod:`.shard`); the
+    order and seeds are drawn for every image, so they do not depend on the world size."""
 
     def __init__(
         self,
@@ -33,13 +35,26 @@ class _SeededBatchSampler(Sampler[list[tuple[int, int | None]]]):
         augment: bool,
         drop_last: bool,
         generator: torch.Generator | None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.n, self.batch_size = n, batch_size
         self.shuffle, self.augment, self.drop_last = shuffle, augment, drop_last
         self.generator = generator
+        self.rank, self.world_size = rank, world_size
+
+    def _plan(self) -> list[tuple[int, int]]:
+        return batch_plan(
+            self.n,
+            self.batch_size,
+            train=self.shuffle,
+            drop_last=self.drop_last,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
 
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+        return len(self._plan())
 
     def __iter__(self) -> Iterator[list[tuple[int, int | None]]]:
         order = (
@@ -52,8 +67,7 @@ class _SeededBatchSampler(Sampler[list[tuple[int, int | None]]]):
             if self.augment
             else [None] * self.n
         )
-        for b in range(len(self)):
-            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.n)
+        for lo, hi in self._plan():
             yield [(order[k], seeds[k]) for k in range(lo, hi)]
 
 
@@ -76,6 +90,19 @@ class _SeededItems(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
             return self.dataset.transform(image, augment=True), target
+
+
+class _Unseeded(Dataset):
+    """Any dataset addressed by ``(index, seed)`` (the seed unused)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int | None]) -> Any:
+        return self.dataset[key[0]]
 
 
 class DeviceLoader:
@@ -113,6 +140,8 @@ def build_loader(
     num_workers: int = 0,
     fast: bool | None = None,
     drop_last: bool | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterable[tuple[Tensor, Tensor]]:
     """Batches ``(images, targets)`` of ``dataset``, already on ``device``.
 
@@ -130,11 +159,19 @@ def build_loader(
         drop_last: ``None`` drops the final batch only in training and only when it would hold
             a single image (BatchNorm cannot train on one sample).
         num_workers: worker processes of the ``DataLoader`` path (ignored by the fast path).
+        rank, world_size: this process's share when ``world_size`` processes share the epoch
+            (:mod:`augmentbn.data.shard`): in training ``batch_size`` is the global batch and
+            each process gets its contiguous slice of every batch (a final batch with fewer
+            images than processes is dropped); in evaluation whole batches are dealt
+            round-robin, so that every image is seen once. Every process must be given the
+            same generator state.
 
-    ``len(loader)`` is the number of batches.
+    ``len(loader)`` is the number of batches (this process's).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_shard(rank, world_size)
+    shard = {"rank": rank, "world_size": world_size}
     device = torch.device(device)
     n = len(dataset)  # type: ignore[arg-type]
     if drop_last is None:
@@ -145,6 +182,23 @@ def build_loader(
     if not isinstance(dataset, ImageDataset):
         if fast:
             raise ValueError("fast=True needs a dataset from augmentbn.data.build_dataset")
+        if world_size > 1:
+            sampler = _SeededBatchSampler(
+                n,
+                batch_size,
+                shuffle=train,
+                augment=False,
+                drop_last=drop_last,
+                generator=generator,
+                **shard,
+            )
+            loader = DataLoader(
+                _Unseeded(dataset),
+                batch_sampler=sampler,
+                num_workers=num_workers,
+                pin_memory=device.type == "cuda",
+            )
+            return DeviceLoader(loader, device)
         plain = DataLoader(
             dataset,
             batch_size,
@@ -182,10 +236,17 @@ def build_loader(
                 generator=generator,
                 drop_last=drop_last,
                 cache=getattr(dataset, "fast_cache", None),
+                **shard,
             )
 
     sampler = _SeededBatchSampler(
-        n, batch_size, shuffle=train, augment=augment, drop_last=drop_last, generator=generator
+        n,
+        batch_size,
+        shuffle=train,
+        augment=augment,
+        drop_last=drop_last,
+        generator=generator,
+        **shard,
     )
     plain = DataLoader(
         _SeededItems(dataset),

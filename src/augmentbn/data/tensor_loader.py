@@ -9,7 +9,7 @@ crop offsets and flips from the generator in one go, and each chunk of batches i
 
 from __future__ import annotations
 
-import math
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .batch import crop_flip, flip_variants, sample_crop_flip
+from .shard import batch_plan
 from .transforms import CropFlip
 
 __all__ = ["FLOAT_STORE_MAX_BYTES", "TensorBatchLoader"]
@@ -80,6 +81,10 @@ class TensorBatchLoader:
         drop_last: drop the final incomplete batch.
         cache: where to keep the prepared (padded, normalized, moved) tensor for the next loader
             over the same images, e.g. the next epoch's (the dataset's ``fast_cache``).
+        rank, world_size: this process's share of the epoch when ``world_size`` processes
+            share it (:func:`~.shard.batch_plan`; ``shuffle`` cuts every batch, else whole
+            batches are dealt round-robin). Every process draws the epoch's order, crops and
+            flips for all images, so the images of a batch do not depend on the world size.
     """
 
     def __init__(
@@ -97,10 +102,13 @@ class TensorBatchLoader:
         drop_last: bool = False,
         float_store_max_bytes: int = FLOAT_STORE_MAX_BYTES,
         cache: dict[Any, _Store] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
         self.shuffle = shuffle
         if augmentation is not None and augmentation.is_identity:
             augmentation = None
@@ -133,39 +141,71 @@ class TensorBatchLoader:
                 cache[key] = store
         self._store, self._affine, self._targets = store
 
+    def _plan(self) -> list[tuple[int, int]]:
+        return batch_plan(
+            self._count,
+            self.batch_size,
+            train=self.shuffle,
+            drop_last=self.drop_last,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+
     def __len__(self) -> int:
-        n = self._count
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return len(self._plan())
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n, size, batch = self._count, self.image_size, self.batch_size
         gen = self.generator
-        count = len(self) * batch if self.drop_last else n
         order = params = None
         if self.shuffle:
             gen_device = gen.device if gen is not None else None
             order = torch.randperm(n, generator=gen, device=gen_device).to(self.device)
         if self.augmentation is not None:
             params = sample_crop_flip(n, self.augmentation, gen).to(self.device)
-            if order is None:
-                order = torch.arange(n, device=self.device)
+        if order is None and (params is not None or self.world_size > 1):
+            order = torch.arange(n, device=self.device)
         per_image = self._store.shape[-3] * size * size
         chunk = batch * max(1, CHUNK_ELEMENTS // (batch * per_image))
-        for start in range(0, count, chunk):
-            stop = min(start + chunk, count)
-            if order is None:
+        for group in _chunks(self._plan(), chunk):
+            start, stop = group[0][0], group[-1][1]
+            if order is None:  # one process: its batches are contiguous
                 # Copies, so that a caller writing into a batch cannot change the dataset.
                 x, y = self._store[start:stop], self._targets[start:stop].clone()
                 x = x.clone() if self._affine is None else x
             else:
-                index = order[start:stop]
+                positions = _positions(group, self.device)
+                index = order[positions]
                 y = self._targets[index]
                 if params is None:
                     x = self._store[index]
                 else:
-                    x = crop_flip(self._store, index, params.select(slice(start, stop)), size)
+                    x = crop_flip(self._store, index, params.select(positions), size)
             if self._affine is not None:
                 scale, shift = self._affine
                 x = torch.addcmul(shift, x.float(), scale)
-            for b in range(0, stop - start, batch):
-                yield x[b : b + batch], y[b : b + batch]
+            offset = 0
+            for lo, hi in group:
+                yield x[offset : offset + hi - lo], y[offset : offset + hi - lo]
+                offset += hi - lo
+
+
+def _chunks(plan: list[tuple[int, int]], limit: int) -> Iterator[list[tuple[int, int]]]:
+    """Consecutive batches of ``plan`` in groups of at most ``limit`` images (at least one)."""
+    group: list[tuple[int, int]] = []
+    total = 0
+    for lo, hi in plan:
+        if group and total + hi - lo > limit:
+            yield group
+            group, total = [], 0
+        group.append((lo, hi))
+        total += hi - lo
+    if group:
+        yield group
+
+
+def _positions(group: list[tuple[int, int]], device: torch.device) -> slice | Tensor:
+    """The positions of ``group``'s batches: a slice where they are contiguous."""
+    if all(a[1] == b[0] for a, b in itertools.pairwise(group)):
+        return slice(group[0][0], group[-1][1])
+    return torch.cat([torch.arange(lo, hi, device=device) for lo, hi in group])

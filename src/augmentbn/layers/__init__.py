@@ -17,6 +17,17 @@ from .factory import (
     list_norm_layers,
 )
 from .instance_enhance import BAN2d, IEBatchNorm1d, IEBatchNorm2d, IEBatchNorm3d
+from .sync import (
+    SyncAugmentBatchNorm1d,
+    SyncAugmentBatchNorm2d,
+    SyncAugmentBatchNorm3d,
+    SyncBatchNorm1d,
+    SyncBatchNorm2d,
+    SyncBatchNorm3d,
+    SyncIEBatchNorm1d,
+    SyncIEBatchNorm2d,
+    SyncIEBatchNorm3d,
+)
 
 __all__ = [
     "NORM_LAYERS",
@@ -29,6 +40,15 @@ __all__ = [
     "IEBatchNorm1d",
     "IEBatchNorm2d",
     "IEBatchNorm3d",
+    "SyncAugmentBatchNorm1d",
+    "SyncAugmentBatchNorm2d",
+    "SyncAugmentBatchNorm3d",
+    "SyncBatchNorm1d",
+    "SyncBatchNorm2d",
+    "SyncBatchNorm3d",
+    "SyncIEBatchNorm1d",
+    "SyncIEBatchNorm2d",
+    "SyncIEBatchNorm3d",
     "clamp_counts",
     "create_norm_layer",
     "default_num_groups",

@@ -17,6 +17,29 @@ from torch.nn.modules.batchnorm import _NormBase
 from ..functional import check_input
 
 
+def step_momentum(layer: _NormBase, fx_input: Tensor | None = None) -> float | Tensor:
+    """Count one training batch in ``layer.num_batches_tracked`` (as ``nn.BatchNorm`` does) and
+    return the momentum of the running averages: ``layer.momentum``, or for ``momentum=None``
+    the cumulative average ``1 / num_batches_tracked`` as a tensor (in the running statistics'
+    precision, at least float32: no host synchronization, no data-dependent Python float for
+    ``torch.compile``).
+
+    Under ``torch.fx`` (``fx_input``: the traced input), the count adds a tensor made from the
+    input with ``aten.add_``, which fx records (a buffer's own method would run once, while it
+    traces) and keeps (fx's dead-code elimination drops unused in-place methods)."""
+    momentum: float | Tensor = 0.0 if layer.momentum is None else layer.momentum
+    if layer.training and layer.track_running_stats and layer.num_batches_tracked is not None:
+        if fx_input is None:
+            count = layer.num_batches_tracked.add_(1)
+        else:
+            one = fx_input.new_ones((), dtype=layer.num_batches_tracked.dtype)
+            count = torch.ops.aten.add_.Tensor(layer.num_batches_tracked, one)
+        if layer.momentum is None:
+            dtype = torch.promote_types(layer.running_mean.dtype, torch.float32)
+            momentum = 1.0 / count.to(dtype)
+    return momentum
+
+
 class BatchNormBase(_NormBase):
     """``nn.BatchNorm``'s state, input checks and momentum handling; subclasses add the formula.
 
@@ -41,31 +64,12 @@ class BatchNormBase(_NormBase):
 
     def _prepare(self, input: Tensor, **forward_args: object) -> float | Tensor:
         """Check every ``forward`` argument, count the batch and return the momentum of the
-        running averages (:meth:`_momentum`). Nothing is updated unless every check passes."""
+        running averages (:func:`step_momentum`). Nothing is updated unless every check passes."""
         self._check_forward_args(input, **forward_args)
-        return self._momentum()
+        return step_momentum(self)
 
     def _momentum(self, fx_input: Tensor | None = None) -> float | Tensor:
-        """Count the batch (in training, with running statistics) and return the momentum.
-
-        ``momentum=None`` gives the cumulative average ``1 / num_batches_tracked`` as a tensor
-        (in the running statistics' precision, at least float32), so no host synchronization is
-        needed and ``torch.compile`` sees no data-dependent Python float.
-
-        Under ``torch.fx`` (``fx_input``: the traced input), the count adds a tensor made from the
-        input with ``aten.add_``, which fx records (a buffer's own method would run once, while it
-        traces) and keeps (fx's dead-code elimination drops unused in-place methods)."""
-        momentum: float | Tensor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            if fx_input is None:
-                count = self.num_batches_tracked.add_(1)
-            else:
-                one = fx_input.new_ones((), dtype=self.num_batches_tracked.dtype)
-                count = torch.ops.aten.add_.Tensor(self.num_batches_tracked, one)
-            if self.momentum is None:
-                dtype = torch.promote_types(self.running_mean.dtype, torch.float32)
-                momentum = 1.0 / count.to(dtype)
-        return momentum
+        return step_momentum(self, fx_input)
 
     def _running_stats(self) -> tuple[Tensor | None, Tensor | None]:
         """The running statistics to use and update: none when they are not tracked, or when the

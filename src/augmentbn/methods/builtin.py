@@ -32,6 +32,7 @@ register_method(
         aliases=("batchnorm", "batch"),
         layers={
             "torch": _per_dims("torch.nn", "BatchNorm"),
+            "torch-sync": _per_dims("augmentbn.layers.sync", "SyncBatchNorm"),
             "jittor": _per_dims("augmentbn.jittor.layers", "BatchNorm"),
         },
         batchnorm_state=True,
@@ -46,6 +47,7 @@ register_method(
         aliases=("augmentbn", "augment", "gaubatchnorm"),
         layers={
             "torch": _per_dims("augmentbn.layers.augment", "AugmentBatchNorm"),
+            "torch-sync": _per_dims("augmentbn.layers.sync", "SyncAugmentBatchNorm"),
             "jittor": _per_dims("augmentbn.jittor.layers", "AugmentBatchNorm"),
         },
         params=(
@@ -88,6 +90,7 @@ register_method(
         aliases=("ban", "iebatchnorm"),
         layers={
             "torch": _per_dims("augmentbn.layers.instance_enhance", "IEBatchNorm"),
+            "torch-sync": _per_dims("augmentbn.layers.sync", "SyncIEBatchNorm"),
             "jittor": _per_dims("augmentbn.jittor.layers", "IEBatchNorm"),
         },
         paper_roles=frozenset({"stem", "inner", "last", "conv"}),

@@ -13,7 +13,11 @@ __all__ = ["BACKENDS", "MethodSpec", "Param"]
 BACKENDS = ("torch", "jittor")
 """``torch``: :mod:`augmentbn.layers`; ``jittor``: :mod:`augmentbn.jittor`."""
 
-_BACKEND_PACKAGES = {"torch": "augmentbn.layers", "jittor": "augmentbn.jittor"}
+_BACKEND_PACKAGES = {
+    "torch": "augmentbn.layers",
+    "torch-sync": "augmentbn.layers.sync",
+    "jittor": "augmentbn.jittor",
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class MethodSpec:
         aliases: other accepted names, matched case-insensitively.
         layers: per backend, the ``"module:Class"`` of the 1d, 2d and 3d layers (one path, three
             times, for a layer of any dimensionality); a backend left out lacks the method.
+            The key ``"torch-sync"`` holds the synchronized PyTorch layers, which the factory
+            gives when the arguments include ``process_group``.
         params: the method's own arguments, in the order the CLI shows them.
         layer_defaults: arguments the factory passes unless told otherwise (InstanceNorm's
             ``affine=True``, so that it stands in for BatchNorm).
@@ -106,7 +112,7 @@ class MethodSpec:
 
     def layer_class(self, backend: str, spatial_dims: int) -> type:
         """The layer class of ``backend`` for ``spatial_dims`` (1, 2 or 3)."""
-        if backend not in BACKENDS:
+        if backend not in (*BACKENDS, "torch-sync"):
             raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         if backend not in self.layers:
             where = ", ".join(_BACKEND_PACKAGES[b] for b in self.layers)
@@ -120,7 +126,15 @@ class MethodSpec:
     def layer(
         self, backend: str = "torch", spatial_dims: int = 2, **kwargs: Any
     ) -> Callable[[int], Any]:
-        """``f(num_features) -> layer`` with ``kwargs`` resolved and checked."""
+        """``f(num_features) -> layer`` with ``kwargs`` resolved and checked; with a
+        ``process_group`` argument (``None``: the default group), the synchronized layer."""
+        if backend == "torch" and "process_group" in kwargs:
+            if "torch-sync" not in self.layers:
+                raise ValueError(
+                    f"norm {self.name!r} ({self.title}) has no synchronized layer; "
+                    "process_group applies to the batch-statistics norms"
+                )
+            backend = "torch-sync"
         cls = self.layer_class(backend, spatial_dims)
         return functools.partial(cls, **self.resolve(kwargs))
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig
+from .distributed import DistContext, is_shared, mark_shared
 from .engine import RunError, train
 from .report import write_csv
 from .rundir import RunFolder
@@ -79,16 +80,23 @@ def run_dir(out: Path, norm: str, batch_size: int, seed: int) -> Path:
 
 
 def run_grid(
-    base: TrainConfig, grid: CompareGrid, out: str | Path, *, overwrite: bool = False
+    base: TrainConfig,
+    grid: CompareGrid,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    dist: DistContext | None = None,
 ) -> list[dict[str, Any]]:
     """Train every cell of ``grid`` (skipping finished ones); write ``results.csv``,
-    ``summary.md`` and ``comparison.png`` into ``out``; return the rows.
+    ``summary.md`` and ``comparison.png`` into ``out``; return the rows. Under a process group
+    every cell trains distributed and rank 0 alone reads and writes the folders.
 
     Raises:
         RunError: a cell's folder holds a run trained with other settings (every such cell and
             setting is listed; nothing is trained).
     """
     out = Path(out)
+    dist = dist or DistContext.current()
     configs = []
     for norm, batch_size, seed in grid.cells():
         config = base.replace(
@@ -99,34 +107,46 @@ def run_grid(
             arch=base.resolved_arch,
         )
         configs.append(config.validate())  # every cell is checked before any trains
-    folders, refused = [], []
-    for config in configs:
-        try:
-            folders.append(RunFolder.open(config, resume=not overwrite, overwrite=overwrite))
-        except (RunError, CheckpointError) as error:
-            refused.append(str(error))
-    if refused:
-        raise RunError(
-            f"{len(refused)} of {len(configs)} runs cannot be continued; nothing was trained:\n"
-            + "\n".join(f"  {message}" for message in refused)
-        )
+        dist.check_batch(batch_size)
+
+    def check_cells() -> list[dict[str, Any] | None]:
+        """Every cell's finished metrics (``None``: to train), or the refusal of them all."""
+        finished, refused = [], []
+        for config in configs:
+            try:
+                folder = RunFolder.open(config, resume=not overwrite, overwrite=overwrite)
+                finished.append(folder.finished)
+            except (RunError, CheckpointError) as error:
+                refused.append(str(error))
+        if refused:
+            raise RunError(
+                f"{len(refused)} of {len(configs)} runs cannot be continued; nothing was "
+                "trained:\n" + "\n".join(f"  {message}" for message in refused)
+            )
+        return finished
+
+    finished_cells = dist.from_main(check_cells)
     rows = []
     total = len(configs)
-    for index, (config, folder) in enumerate(zip(configs, folders), 1):
+    for index, config in enumerate(configs, 1):
         label = (
             f"[{index}/{total}] norm={config.norm} batch={config.train_batch} seed={config.seed}"
         )
-        folder.state = None  # train() reads the checkpoint again; don't hold every one
-        if folder.finished is not None:
-            print(f"{label}: finished earlier, skipped", flush=True)
-            metrics = folder.finished
+        metrics = finished_cells[index - 1]
+        if metrics is not None:
+            if dist.is_main:
+                print(f"{label}: finished earlier, skipped", flush=True)
         else:
-            print(f"{label}: training", flush=True)
+            if dist.is_main:
+                print(f"{label}: training", flush=True)
             try:
-                metrics = train(config, resume=not overwrite, overwrite=overwrite)
+                metrics = train(config, resume=not overwrite, overwrite=overwrite, dist=dist)
             except RunError as error:
-                raise RunError(f"{label}: {error}") from error
+                wrapped = RunError(f"{label}: {error}")
+                raise (mark_shared(wrapped) if is_shared(error) else wrapped) from error
         rows.append(_row(config, metrics))
+    if not dist.is_main:
+        return rows
     metric = "dice" if metrics.get("task") == "segmentation" else "acc"
     columns = SEG_RESULT_COLUMNS if metric == "dice" else RESULT_COLUMNS
     write_csv(out / "results.csv", rows, columns)

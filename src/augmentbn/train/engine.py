@@ -8,6 +8,8 @@ NumPy, torch, the data order and the NABN noise) at the end of an epoch. An inte
 SIGTERM, ``kill -9``) writes nothing: ``last.pt`` keeps the last finished epoch, and the resumed
 run repeats the interrupted epoch from there, as the uninterrupted run did. Segmentation data
 sets are trained by a subclass of :class:`Trainer` (:mod:`.tasks`, :mod:`.segmentation`).
+Under torchrun the run is distributed (:mod:`.distributed`): synchronized norm layers in
+``DistributedDataParallel``, the global batch shared by the processes, outputs written by rank 0.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..convert_sync import convert_sync_norm
 from ..layers.augment import warn_if_clamped
 from ..methods import layer_classes
 from .checkpoint import (
@@ -38,6 +41,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import ConfigError, TrainConfig
+from .distributed import DistContext, mark_shared
 from .metrics import classification_metrics
 from .report import run_title, write_curves, write_json, write_log
 from .rundir import RunError, RunFolder
@@ -121,23 +125,34 @@ class Trainer:
     epoch: int = 0
     best: dict[str, Any] = field(default_factory=dict)
     run: RunFolder | None = None  # replaces an overwritten run once the first checkpoint is out
+    dist: DistContext = field(default_factory=DistContext)
 
     def __post_init__(self) -> None:
-        # What runs the batches: the model, or its torch.compile'd wrapper (which shares its
-        # parameters; checkpoints hold the model's own state dict).
-        self.network = torch.compile(self.model) if self.config.compile else self.model
+        # What runs the batches: the model, in DistributedDataParallel when distributed, or its
+        # torch.compile'd wrapper (sharing its parameters; checkpoints hold the model's own
+        # state dict).
+        network = self.dist.wrap(self.model)
+        self.network = torch.compile(network) if self.config.compile else network
 
     # -- construction ---------------------------------------------------------------------
 
     @classmethod
-    def create(cls, config: TrainConfig, *, splits: Iterable[str] = ("train", "val", "test")):
+    def create(
+        cls,
+        config: TrainConfig,
+        *,
+        splits: Iterable[str] = ("train", "val", "test"),
+        dist: DistContext | None = None,
+    ):
         from ..data import CorruptFileError, DatasetLayoutError, build_dataset
 
         config.validate()
-        device = resolve_device(config.device)
+        dist = dist or DistContext.current()
+        device = dist.device(resolve_device(config.device))
         seed_everything(config.seed)
-        try:
-            datasets = {
+
+        def build() -> dict[str, Any]:
+            return {
                 split: build_dataset(
                     config.dataset,
                     config.data_root,
@@ -148,6 +163,9 @@ class Trainer:
                 )
                 for split in splits
             }
+
+        try:  # a download goes to rank 0 first; the others then read its files
+            datasets = dist.main_first(build) if config.download else build()
         except ValueError as error:
             if isinstance(error, CorruptFileError | DatasetLayoutError):
                 raise
@@ -159,6 +177,8 @@ class Trainer:
         model = build_model(config, info).to(device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if dist.enabled:
+            model = convert_sync_norm(model)
         generators = {
             "data": torch.Generator().manual_seed(config.seed + 1),
             "noise": torch.Generator(device=device).manual_seed(config.seed + 2),
@@ -186,16 +206,19 @@ class Trainer:
             optimizer=optimizer,
             scheduler=scheduler,
             generators=generators,
+            dist=dist,
         )
 
     @property
     def info(self):
         return next(iter(self.datasets.values())).info
 
-    def _loss_fn(self) -> nn.Module:
+    def _loss_fn(self, train: bool = False) -> nn.Module:
+        # Distributed training sums per rank; DistContext.global_mean_loss scales the sum.
+        reduction = "sum" if train and self.dist.enabled else "mean"
         if self.info.task == "multi-label":
-            return nn.BCEWithLogitsLoss()
-        return nn.CrossEntropyLoss()
+            return nn.BCEWithLogitsLoss(reduction=reduction)
+        return nn.CrossEntropyLoss(reduction=reduction)
 
     def _loader(self, split: str, *, train: bool):
         from ..data import build_loader
@@ -208,6 +231,8 @@ class Trainer:
             device=self.device,
             generator=self.generators["data"] if train else None,
             num_workers=self.config.workers,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
 
     def _autocast(self):
@@ -243,6 +268,7 @@ class Trainer:
             "history": self.history,
             "best": self.best,
             "rng": capture_rng(self.generators),
+            "world_size": self.dist.world_size,
         }
 
     def load_state(self, state: dict[str, Any], path: Path) -> None:
@@ -270,7 +296,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         self.model.train()
-        loss_fn, task = self._loss_fn(), self.info.task
+        loss_fn, task = self._loss_fn(train=True), self.info.task
         loader = self._loader("train", train=True)
         total_loss = total_correct = seen = 0.0
         start = time.perf_counter()
@@ -278,14 +304,17 @@ class Trainer:
             loader,
             desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
             leave=False,
-            disable=not sys.stderr.isatty(),
+            disable=not (sys.stderr.isatty() and self.dist.is_main),
         )
         for step, (images, targets) in enumerate(bar):
             images = self._prepare(images)
             with self._autocast():
                 logits = self.network(images)
                 loss = loss_fn(logits.float(), targets)
-            loss_value = loss.item()
+            if self.dist.enabled:  # the same value on every rank
+                loss, loss_value = self.dist.global_mean_loss(loss, targets.numel())
+            else:
+                loss_value = loss.item()
             if not math.isfinite(loss_value):
                 kept = (
                     f"The last good checkpoint is {self.out / 'last.pt'} (end of epoch "
@@ -293,9 +322,11 @@ class Trainer:
                     if self.epoch
                     else "No checkpoint was written: it happened in the first epoch."
                 )
-                raise RunError(
-                    f"the training loss became {loss_value} at epoch {self.epoch + 1}, step "
-                    f"{step + 1}; stopping. {kept} Lower --lr, or check the data."
+                raise mark_shared(
+                    RunError(
+                        f"the training loss became {loss_value} at epoch {self.epoch + 1}, step "
+                        f"{step + 1}; stopping. {kept} Lower --lr, or check the data."
+                    )
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -309,6 +340,7 @@ class Trainer:
                 acc=f"{total_correct / seen:.4f}",
                 img_s=f"{seen / (time.perf_counter() - start):.0f}",
             )
+        total_loss, total_correct, seen = self.dist.sum(total_loss, total_correct, seen)
         return EpochResult(total_loss / max(seen, 1), total_correct / max(seen, 1))
 
     @torch.no_grad()
@@ -316,17 +348,23 @@ class Trainer:
         model = model or self.network
         model.eval()
         loss_fn, task = self._loss_fn(), self.info.task
-        total_loss = total_correct = seen = 0.0
-        all_logits, all_targets = [], []
+        batches = []
         for images, targets in self._loader(split, train=False):
             with self._autocast():
                 logits = model(self._prepare(images)).float()
-            n = images.shape[0]
+            loss = loss_fn(logits, targets).item()
+            batches.append(
+                (logits.cpu(), targets.cpu(), loss, self._correct(logits, targets, task))
+            )
+        total_loss = total_correct = seen = 0.0
+        all_logits, all_targets = [], []
+        for logits, targets, loss, correct in self.dist.gather_batches(batches):  # in order
+            n = logits.shape[0]
             seen += n
-            total_loss += loss_fn(logits, targets).item() * n
-            total_correct += self._correct(logits, targets, task)
-            all_logits.append(logits.cpu())
-            all_targets.append(targets.cpu())
+            total_loss += loss * n
+            total_correct += correct
+            all_logits.append(logits)
+            all_targets.append(targets)
         return EpochResult(
             total_loss / max(seen, 1),
             total_correct / max(seen, 1),
@@ -348,7 +386,8 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs, evaluate, write every output; return ``metrics.json``."""
         config, out, score = self.config, self.out, self.score_name
-        tensorboard = _tensorboard_writer(out)
+        main = self.dist.is_main
+        tensorboard = _tensorboard_writer(out) if main else None
         try:
             while self.epoch < config.epochs:
                 epoch_start = time.perf_counter()
@@ -374,6 +413,8 @@ class Trainer:
                 improved = not self.best or val.accuracy > self.best[f"val_{score}"]
                 if improved:
                     self.best = {"epoch": self.epoch, f"val_{score}": val.accuracy}
+                if not main:
+                    continue
                 state = self.state()
                 if improved:
                     save_checkpoint(out / "best.pt", state)
@@ -398,8 +439,16 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         final = {split: self.metrics(self.evaluate(split)) for split in ("val", "test")}
         best = final
-        if (self.out / "best.pt").is_file() and self.best.get("epoch") != self.epoch:
-            best_model = _copy_with_state(self.model, load_checkpoint(self.out / "best.pt"))
+        best_path = self.out / "best.pt"
+        best_state = self.dist.from_main(  # rank 0 reads it; the others get the weights
+            lambda: (
+                {"model": load_checkpoint(best_path)["model"]}
+                if best_path.is_file() and self.best.get("epoch") != self.epoch
+                else None
+            )
+        )
+        if best_state is not None:
+            best_model = _copy_with_state(self.model, best_state)
             best = {
                 split: self.metrics(self.evaluate(split, best_model)) for split in ("val", "test")
             }
@@ -412,7 +461,8 @@ class Trainer:
             "best": best,
             "final": final,
         }
-        write_json(self.out / "metrics.json", result)
+        if self.dist.is_main:
+            write_json(self.out / "metrics.json", result)
         return result
 
 
@@ -439,37 +489,55 @@ def _tensorboard_writer(out: Path):
     return SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
-def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    dist: DistContext | None = None,
+) -> dict[str, Any]:
     """Run ``config`` end to end; return the contents of ``metrics.json``.
 
     Everything is checked and built (settings, output folder, data, model, checkpoint) before
     anything is written; see :class:`~.rundir.RunFolder` for ``resume`` and ``overwrite``.
+    ``dist``: the distributed context (default: that of the initialized process group, if any);
+    rank 0 alone reads and writes the run folder, and shares what it read.
     """
     import yaml
 
     config = config.validate()
     config = config.replace(placement=config.resolved_placement)  # recorded as used
+    dist = dist or DistContext.current()
+    dist.check_batch(config.train_batch)
     with sigterm_raises():
-        run = RunFolder.open(config, resume=resume, overwrite=overwrite)
+        run = dist.from_main(lambda: RunFolder.open(config, resume=resume, overwrite=overwrite))
         if run.finished is not None:
-            print(f"{run.out} holds this run, finished; nothing to train", flush=True)
+            if dist.is_main:
+                print(f"{run.out} holds this run, finished; nothing to train", flush=True)
             return run.finished
-        trainer = Trainer.create(config)
+        trainer = Trainer.create(config, dist=dist)
         if run.state is not None:
+            dist.check_resume(run.state, run.out / "last.pt")
             trainer.load_state(run.state, run.out / "last.pt")
-        trainer.out, trainer.run = run.start(), run
+        trainer.out = dist.from_main(run.start)
+        trainer.run = run if dist.is_main else None
         run.state = None  # free the memory
         try:
-            text = yaml.safe_dump(config.to_dict())
-            atomic_write(trainer.out / "config.yaml", lambda tmp: tmp.write_text(text))
-            split_record = getattr(trainer.datasets["train"], "split_record", None)
-            if split_record:
-                write_json(trainer.out / "split.json", split_record)
+            if dist.is_main:
+                if dist.enabled:
+                    print(dist.share(config.train_batch, config.test_batch), flush=True)
+                text = yaml.safe_dump(config.to_dict())
+                atomic_write(trainer.out / "config.yaml", lambda tmp: tmp.write_text(text))
+                split_record = getattr(trainer.datasets["train"], "split_record", None)
+                if split_record:
+                    write_json(trainer.out / "split.json", split_record)
             result = trainer.fit()
         except BaseException:
-            run.abandon()
+            if dist.is_main:
+                run.abandon()
             raise
-        run.commit()
+        if dist.is_main:
+            run.commit()
         return result
 
 
