@@ -163,15 +163,15 @@ def _normalize(
     bias: jt.Var | None,
     eps: float,
 ) -> jt.Var:
-    """``weight · (x - mean) / sqrt(var + eps) + bias`` as ``x · scale + shift``."""
+    """``(x - mean) · weight / sqrt(var + eps) + bias``, centred first: ``x · scale + shift``
+    would cost the same (Jittor fuses either) but cancel in ``weight``'s gradient,
+    ``Σ g·x - mean·Σ g``, once the mean is large against the spread."""
     scale = 1.0 / jt.sqrt(var + eps)
     if weight is not None:
         scale = weight * scale
-    shift = -mean * scale
-    if bias is not None:
-        shift = bias + shift
     dims = _channel_dims(input)
-    return input * _per_channel(scale, input, dims) + _per_channel(shift, input, dims)
+    output = (input - _per_channel(mean, input, dims)) * _per_channel(scale, input, dims)
+    return output if bias is None else output + _per_channel(bias, input, dims)
 
 
 def _check_channel_vars(num_features: int, where: str, **vars: jt.Var | None) -> None:
@@ -418,9 +418,6 @@ def ie_batch_norm(
     scale = gate * (1.0 / jt.sqrt(var + eps))
     if weight is not None:
         scale = scale * weight
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias
-    if not spatial:
-        return input * scale + shift
-    return input * scale.broadcast(input, spatial) + shift.broadcast(input, spatial)
+    centred = input - _per_channel(mean, input, _channel_dims(input))  # see _normalize
+    output = centred * (scale.broadcast(input, spatial) if spatial else scale)
+    return output if bias is None else output + _per_channel(bias, input, _channel_dims(input))
