@@ -482,7 +482,9 @@ def test_conversion_errors_name_the_keys():
     state = create_torch_model("resnet20", norm="bn", num_classes=7).state_dict()
     with pytest.raises(ValueError, match="'fc.bias' has shape"):
         abj.from_torch_state_dict(jm, state)
-    with pytest.raises(ValueError, match="placement='paper' applies to norm='nabn' or 'iebn'"):
+    with pytest.raises(
+        ValueError, match="placement='paper' applies to norms with a paper placement"
+    ):
         abj.create_model("resnet20", norm="bn", num_classes=10, placement="paper")
 
 

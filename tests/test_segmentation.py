@@ -255,7 +255,7 @@ def test_compare_reports_mean_dice_with_paired_intervals(tmp_path, capsys):
         assert std == pytest.approx(statistics.stdev(dice[norm].values()), abs=5e-5)
     diffs = [dice["nabn"][s] - dice["bn"][s] for s in ("0", "1")]
     cells = summary["nabn"][3]
-    mean_diff, low, high = (float(v) for v in re.findall(r"[-+]\d\.\d{4}", cells[-2]))
+    mean_diff, low, high = (float(v) for v in re.findall(r"[-+]\d\.\d{4}", cells[-4]))
     assert mean_diff == pytest.approx(statistics.fmean(diffs), abs=5e-5)
     half = 12.706205 * statistics.stdev(diffs) / 2**0.5  # t(0.975, 1) · sd / sqrt(2)
     assert (low, high) == pytest.approx((mean_diff - half, mean_diff + half), abs=1e-4)

@@ -99,9 +99,9 @@ def _config_flags(parser: argparse.ArgumentParser, valid: dict[str, list[str]]) 
             flag,
             dest=param.name,
             type=param.type,
-            choices=param.choices,
             default=S,
-            help=f"{method.name}: {param.help}",
+            help=f"{method.name}: {param.help}"
+            + (f"; one of {', '.join(param.choices)}" if param.choices else ""),
         )
     model.add_argument(
         "--base-width",

@@ -151,9 +151,10 @@ def _existing(module: nn.Module, prefix: str, paths: Iterable[str]) -> list[str]
 
 
 def _site_roles(module: nn.Module) -> dict[str, str]:
-    """The role of every convertible norm layer that has one: declared by the model that built
-    it, or else given by its registered residual block or stem. Other layers of a registered
-    block are ``inner``; a declared role wins over a registered one."""
+    """The role of every convertible norm layer: declared by the model that built it, or else
+    given by its registered residual block or stem; a declared role wins over a registered one.
+    The other norms of a recognized network are ``inner`` (IEBN takes them, NABN does not);
+    an unrecognized network gets no roles."""
     roles: dict[str, str] = {}
     for prefix, child in module.named_modules():
         block = _lookup(_BLOCKS, child)
@@ -172,6 +173,10 @@ def _site_roles(module: nn.Module) -> dict[str, str]:
         declared = getattr(layer, ROLE_ATTRIBUTE, None)
         if declared is not None and _kind(layer) is not None:
             roles[name] = declared
+    if roles:  # a recognized network: its other norms (a deep stem's, say) are inner ones
+        for name, layer in module.named_modules():
+            if _kind(layer) is not None:
+                roles.setdefault(name, "inner")
     return roles
 
 

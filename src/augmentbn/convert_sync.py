@@ -58,6 +58,8 @@ def _rebuild(layer: nn.Module, cls: type[nn.Module], **extra) -> nn.Module:
     for name in _STATE:
         if name in new._parameters or name in new._buffers:
             setattr(new, name, getattr(layer, name))
+    if isinstance(layer, _AugmentBatchNorm) and isinstance(new, _AugmentBatchNorm):
+        new.clamped_channels = layer.clamped_channels  # NABN's clamp counter, not a buffer
     if hasattr(layer, "qconfig"):
         new.qconfig = layer.qconfig
     return new.train(layer.training)

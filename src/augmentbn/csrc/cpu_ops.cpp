@@ -567,7 +567,7 @@ TORCH_LIBRARY(augmentbn, m) {
       "augment_batch_norm_train(Tensor input, Tensor? weight, Tensor? bias, Tensor mean_shift, "
       "Tensor(a!)? running_mean, Tensor(b!)? running_var, float momentum, "
       "Tensor? momentum_tensor, bool reject, bool clean_running_stats, float eps, "
-      "Tensor(c!)? clamp_count) -> Tensor",
+      "Tensor(c!)? clamp_count=None) -> Tensor",
       &augment_batch_norm_train);
   m.def(
       "ie_batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor weight_readjust, "

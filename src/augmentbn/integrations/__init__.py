@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ..layers import get_norm_layer
+from ..methods import get_method
 
 __all__: list[str] = []
 
@@ -27,7 +27,6 @@ def norm_layer(name: str, spatial_dims: int) -> Callable[..., nn.Module]:
     """augmentbn's layer for ``name`` in ``spatial_dims`` dimensions, as another library's table
     holds it: the class itself, or the callable that builds it (GroupNorm with ``gcd(C, 32)``
     groups, affine InstanceNorm). Cached, so that a second ``register()`` finds its own entries."""
-    layer = get_norm_layer(name, spatial_dims=spatial_dims)
-    if isinstance(layer, functools.partial) and not layer.args and not layer.keywords:
-        return layer.func
-    return layer
+    spec = get_method(name)
+    cls = spec.layer_class("torch", spatial_dims)
+    return functools.partial(cls, **spec.layer_defaults) if spec.layer_defaults else cls

@@ -72,10 +72,9 @@ class _AugmentBatchNorm(BatchNormBase):
         self.running_stats = running_stats
         self.generator = generator
         # gaussian_reject's channel-steps where max(mean(x²) - μ'², 0) clamped v' to 0, counted
-        # on the device; read (one synchronization) by clamp_counts, at the end of an epoch.
-        self.register_buffer(
-            "clamped_channels", torch.zeros((), dtype=torch.int64, device=device), persistent=False
-        )
+        # on the input's device; read (one synchronization) by clamp_counts, at the end of an
+        # epoch. A plain attribute, not a buffer: no state dict, traced graph or export sees it.
+        self.clamped_channels = torch.zeros((), dtype=torch.int64, device=device)
 
     def forward(self, input: Tensor, mean_shift: Tensor | None = None) -> Tensor:
         """Normalize ``input``; ``mean_shift`` (shape ``(C,)``), if given, is used as ``δ``."""
@@ -116,8 +115,13 @@ class _AugmentBatchNorm(BatchNormBase):
             running_stats=self.running_stats,
             mean_shift=mean_shift,
             generator=self.generator,
-            clamp_count=self.clamped_channels if self.noise == "gaussian_reject" else None,
+            clamp_count=self._clamp_counter(input) if self.noise == "gaussian_reject" else None,
         )
+
+    def _clamp_counter(self, input: Tensor) -> Tensor:
+        if self.clamped_channels.device != input.device:
+            self.clamped_channels = self.clamped_channels.to(input.device)
+        return self.clamped_channels
 
     def _check_forward_args(self, input: Tensor, mean_shift: Tensor | None = None) -> None:
         super()._check_forward_args(input)

@@ -65,7 +65,7 @@ def check_noise_args(theta: float | None, noise: str, noise_std: float, where: s
     if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)):
         raise ValueError(f"{_prefix(where)}noise_std must be a number, got {noise_std!r}")
     if not 0 < noise_std < math.inf:
-        raise ValueError(f"{_prefix(where)}noise_std must be finite and > 0, got {noise_std}")
+        raise ValueError(f"{_prefix(where)}noise_std must be > 0 and finite, got {noise_std}")
 
 
 def check_running_stats(running_stats: str, where: str = "") -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..methods import get_method
 from .checkpoint import CheckpointError
 from .config import ConfigError, TrainConfig
 from .distributed import DistContext, is_shared, mark_shared
@@ -101,6 +102,7 @@ def run_grid(
     for norm, batch_size, seed in grid.cells():
         config = base.replace(
             norm=norm,
+            placement=_cell_placement(norm, base.placement),
             train_batch=batch_size,
             seed=seed,
             checkpoint=str(run_dir(out, norm, batch_size, seed)),
@@ -158,6 +160,14 @@ def run_grid(
     atomic_write(out / "summary.md", lambda tmp: tmp.write_text(summary))
     plot_comparison(rows, out / "comparison.png", metric=metric)
     return rows
+
+
+def _cell_placement(norm: str, placement: str | None) -> str | None:
+    """The grid's placement for one norm: ``"paper"`` applies to the norms with a paper
+    placement (NABN, IEBN); the others (BN, ...) take their default, every site."""
+    if placement == "paper" and get_method(norm).paper_roles is None:
+        return None
+    return placement
 
 
 def _row(config: TrainConfig, metrics: dict[str, Any]) -> dict[str, Any]:

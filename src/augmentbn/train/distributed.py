@@ -209,8 +209,9 @@ _KEPT = False  # launch() left the group up for release()
 
 
 def _picklable(error: Exception) -> Exception:
+    """``error``, or a RunError with its text where it cannot travel to the other ranks."""
     try:
-        pickle.loads(pickle.dumps(error))
+        pickle.dumps(error)
     except Exception:
         from .engine import RunError
 

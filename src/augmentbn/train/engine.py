@@ -475,9 +475,9 @@ def _copy_with_state(model: nn.Module, state: dict[str, Any]) -> nn.Module:
 
 
 def describe_model(config: TrainConfig) -> str:
-    """E.g. ``"resnet_cifar (depth 20, basic blocks), norm nabn"``."""
+    """E.g. ``"resnet_cifar (depth 20, block basic), norm nabn"``."""
     name, kwargs = model_spec(config)
-    args = f" (depth {kwargs['depth']}, {kwargs['block']} blocks)" if kwargs else ""
+    args = f" ({', '.join(f'{k} {v}' for k, v in kwargs.items())})" if kwargs else ""
     return f"{name}{args}, norm {config.resolved_norm}"
 
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..data._optional import import_optional
 from .checkpoint import atomic_write
+from .config import ConfigError
 from .engine import EpochResult, Trainer
 from .report import write_json
 
@@ -72,13 +73,19 @@ class SegmentationTrainer(Trainer):
 
     # -- the engine's hooks ----------------------------------------------------------------
 
-    def _loss_fn(self) -> nn.Module:
+    def _loss_fn(self, train: bool = False) -> nn.Module:
         from monai.losses import DiceLoss
 
         return DiceLoss(softmax=True, to_onehot_y=True)
 
     def _loader(self, split: str, *, train: bool):
         from ..data.slice_loader import SliceLoader
+
+        if self.dist.enabled:
+            raise ConfigError(
+                "segmentation trains in one process for now: its slice loader does not shard "
+                "volumes across ranks; run it without torchrun (classification runs distributed)"
+            )
 
         if not train:
             raise ValueError("segmentation evaluates whole volumes, not batches of slices")
