@@ -169,7 +169,7 @@ def test_weights_of_another_architecture_name_both(tmp_path, capsys, finished):
     )
     path = _crafted(tmp_path, finished, lambda s: s.update(model=other.state_dict()))
     err = run_cli(["eval", path], capsys)
-    assert "Configured: resnet_cifar (depth 8, basic blocks), norm nabn" in err
+    assert "Configured: resnet_cifar (depth 8, block basic), norm nabn" in err
     assert "layer1 (1 block)" in err and "layer1 (2 blocks)" in err  # the model, the file
     assert re.search(r"\d+ unexpected \(layer1\.1\.", err)
     with pytest.raises(CheckpointError, match="In the file: .* parameters in"):
