@@ -81,31 +81,40 @@ def check_input(input: jt.Var, num_features: int | None, batch_stats: bool, wher
     check_input_shape(tuple(input.shape), num_features, batch_stats, where)
 
 
-def _moments(input: jt.Var, sync: bool) -> tuple[jt.Var, jt.Var, float | jt.Var]:
-    """Per-channel mean, biased variance and the count ``M``, across processes under MPI.
+def _moments(
+    input: jt.Var, sync: bool, instance_means: bool = False
+) -> tuple[jt.Var, jt.Var, float | jt.Var, jt.Var | None]:
+    """Per-channel mean, biased variance and the count ``M``, across processes under MPI, and
+    with ``instance_means`` the per-instance ``mean_S(x)`` (IEBN's), from the same reductions.
 
     Shifted data: with ``c`` the channel's first value (rank 0's under MPI), constant to
     autograd, ``μ = c + mean(x - c)`` and ``σ² = mean((x - c)²) - mean(x - c)²``, which keeps
     float32 accurate whatever the mean (``c`` lies within the data).
     """
-    count = input.numel() // input.shape[1]
+    n, c = input.shape[:2]
+    count = input.numel() // c
     dims = _channel_dims(input)
     pilot = input[(0, slice(None), *([0] * (input.ndim - 2)))].detach()  # (C,)
     if _in_mpi(sync):
         pilot = pilot.mpi_broadcast(root=0)
     centered = input - _per_channel(pilot, input, dims)
-    if not _in_mpi(sync):
-        shift, sq = centered.mean(dims), (centered * centered).mean(dims)
-        return pilot + shift, (sq - shift * shift).maximum(0.0), count
-    # One all-reduce of [Σ(x-c), Σ(x-c)², M]: processes may hold batches of different sizes.
-    c = input.shape[1]
-    local = jt.concat(
-        [centered.sum(dims), (centered * centered).sum(dims), jt.array([float(count)])]
-    )
-    total = local.mpi_all_reduce("add")
-    count_all = total[2 * c : 2 * c + 1]
-    shift, sq = total[:c] / count_all, total[c : 2 * c] / count_all
-    return pilot + shift, (sq - shift * shift).maximum(0.0), count_all
+    instance_mean = None
+    if instance_means:  # per-instance sums first, then over the batch: one fused pass
+        spatial = list(range(2, input.ndim))
+        size = count // n
+        inst = centered.mean(spatial) if spatial else centered  # (N, C)
+        inst_sq = (centered * centered).mean(spatial) if spatial else centered * centered
+        sums, sq_sums = inst.sum(0) * size, inst_sq.sum(0) * size
+        instance_mean = pilot + inst
+    else:
+        sums, sq_sums = centered.sum(dims), (centered * centered).sum(dims)
+    if _in_mpi(sync):
+        # One all-reduce of [Σ(x-c), Σ(x-c)², M]: processes may hold batches of different sizes.
+        total = jt.concat([sums, sq_sums, jt.array([float(count)])]).mpi_all_reduce("add")
+        count = total[2 * c : 2 * c + 1]
+        sums, sq_sums = total[:c], total[c : 2 * c]
+    shift, sq = sums / count, sq_sums / count
+    return pilot + shift, (sq - shift * shift).maximum(0.0), count, instance_mean
 
 
 def _update_running_stats(
@@ -311,7 +320,7 @@ def augment_batch_norm(
     if _in_mpi(sync):
         delta = delta.mpi_broadcast(root=0)  # one δ for the whole distributed batch
 
-    moments = _moments(input, sync)
+    moments = _moments(input, sync)[:3]
     mean, var, _ = moments  # μ, σ² (biased)
     shifted_mean = mean + delta  # μ'
     if noise == "gaussian_reject":
@@ -360,7 +369,7 @@ def batch_norm(
     input = _as_float(input)
     if not use_batch_stats:
         return _normalize(input, running_mean, running_var, weight, bias, eps)
-    moments = _moments(input, sync)
+    moments = _moments(input, sync)[:3]
     if training and running_mean is not None:
         _update_clean(running_mean, running_var, moments, momentum)
     return _normalize(input, *moments[:2], weight, bias, eps)
@@ -406,14 +415,14 @@ def ie_batch_norm(
     )
     input = _as_float(input)
     spatial = list(range(2, input.ndim))
-    instance_mean = input.mean(spatial) if spatial else input  # mean_S(x), (N, C)
     if use_batch_stats:
-        moments = _moments(input, sync)
+        *moments, instance_mean = _moments(input, sync, instance_means=True)  # mean_S(x): (N, C)
         mean, var, _ = moments
         if training and running_mean is not None:
             _update_clean(running_mean, running_var, moments, momentum)
     else:
         mean, var = running_mean, running_var
+        instance_mean = input.mean(spatial) if spatial else input  # mean_S(x), (N, C)
     gate = jt.sigmoid(instance_mean * weight_readjust + bias_readjust)  # a[n, c]
     scale = gate * (1.0 / jt.sqrt(var + eps))
     if weight is not None:
