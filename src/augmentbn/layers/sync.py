@@ -13,13 +13,15 @@ layers for these.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from .._stats import instance_mean, stats_dtype
 from .._sync_autograd import sync_batch_norm_train, sync_ie_batch_norm_train
 from ..distributed import gather_batch_stats, start_gather_batch_stats, sync_group
-from ..functional import check_input, sample_mean_shift
+from ..functional import check_input, check_mean_shift, sample_mean_shift
 from ._base import step_momentum
 from .augment import AugmentBatchNorm1d, AugmentBatchNorm2d, AugmentBatchNorm3d
 from .instance_enhance import IEBatchNorm1d, IEBatchNorm2d, IEBatchNorm3d
@@ -43,8 +45,17 @@ class _Synchronized:
 
     process_group: object | None = None
 
-    def _init_sync(self, process_group) -> None:
+    def __init__(self, *args, process_group=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         self.process_group = process_group
+
+    def forward(self, input: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """The parent's ``forward`` unless synchronizing; the same arguments either way (NABN's
+        ``mean_shift``)."""
+        group = self._group()
+        if group is None:
+            return super().forward(input, *args, **kwargs)
+        return self._synchronized(input, group, *args, **kwargs)
 
     def _group(self):
         """The group to synchronize over, or ``None`` to behave as the parent class."""
@@ -67,18 +78,8 @@ class _SyncAugmentBatchNorm(_Synchronized):
     does, and all use the first rank's (a ``mean_shift`` given to ``forward`` likewise), so the
     ranks agree even when their generators do not."""
 
-    def __init__(self, *args, process_group=None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_sync(process_group)
-
-    def forward(self, input: Tensor, mean_shift: Tensor | None = None) -> Tensor:
-        group = self._group()
-        if group is None:
-            return super().forward(input, mean_shift)
-        return self._synchronized(input, group, mean_shift)
-
     @torch.compiler.disable  # collectives run eagerly, outside torch.compile's graphs
-    def _synchronized(self, input: Tensor, group, mean_shift: Tensor | None) -> Tensor:
+    def _synchronized(self, input: Tensor, group, mean_shift: Tensor | None = None) -> Tensor:
         name = type(self).__name__
         self._check_shard(input)
         if mean_shift is None:
@@ -91,11 +92,8 @@ class _SyncAugmentBatchNorm(_Synchronized):
                 device=input.device,
                 dtype=stats_dtype(input),
             )
-        elif mean_shift.shape != (self.num_features,):
-            raise ValueError(
-                f"{name}: mean_shift must have shape ({self.num_features},), one value per "
-                f"channel, got {tuple(mean_shift.shape)}"
-            )
+        else:
+            check_mean_shift(mean_shift, self.num_features, name)
         stats = gather_batch_stats(input, group, mean_shift.detach())
         stats.check(name)
         momentum = step_momentum(self)
@@ -133,16 +131,6 @@ class SyncAugmentBatchNorm3d(_SyncAugmentBatchNorm, AugmentBatchNorm3d):
 class _SyncIEBatchNorm(_Synchronized):
     """IEBN with a ``process_group``: its BatchNorm part uses the group's statistics, its gate
     stays per instance."""
-
-    def __init__(self, *args, process_group=None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_sync(process_group)
-
-    def forward(self, input: Tensor) -> Tensor:
-        group = self._group()
-        if group is None:
-            return super().forward(input)
-        return self._synchronized(input, group)
 
     @torch.compiler.disable
     def _synchronized(self, input: Tensor, group) -> Tensor:
@@ -185,26 +173,12 @@ class _SyncBatchNorm(_Synchronized):
     """``nn.BatchNorm`` synchronized over ``process_group`` on any device, with
     ``nn.BatchNorm``'s update of the running statistics (``momentum=None``: cumulative)."""
 
-    def __init__(self, *args, process_group=None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_sync(process_group)
-
-    def forward(self, input: Tensor) -> Tensor:
-        group = self._group()
-        if group is None:
-            return super().forward(input)
-        return self._synchronized(input, group)
-
     @torch.compiler.disable
     def _synchronized(self, input: Tensor, group) -> Tensor:
         self._check_shard(input)
         stats = gather_batch_stats(input, group)
         stats.check(type(self).__name__)
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # as nn.BatchNorm: a Python float
-                momentum = 1.0 / float(self.num_batches_tracked)
+        momentum = step_momentum(self)
         running_mean, running_var = self._tracked()
         return sync_batch_norm_train(
             input,
